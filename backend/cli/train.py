@@ -1,0 +1,92 @@
+"""``isnet train``: one retraining cycle from local image and mask folders."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from backend.isnet.training import FEATURE_LOSSES, TqdmProgress, TrainingError, TrainOptions, run_cycle
+from backend.isnet.weights import WeightsError
+from backend.settings import load
+
+SHOWN = ("mae", "avgfmeasure", "sm", "maxfmeasure")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "train",
+        help="fine-tune the current model on labelled pairs (GT encoder + feature loss), evaluate, promote",
+        description="One retraining cycle as in the DIS paper: a GT encoder is trained to reconstruct the masks, "
+        "then the current model is fine-tuned with side-output BCE plus feature-level supervision against "
+        "that encoder, on random crops of images resized to the serving size. The current model (champion) "
+        "and the new one (challenger) are scored on held-out pairs at the serving size; the challenger "
+        "becomes current only if the promotion rule allows. Pairs are IMAGES/NAME.* with MASKS/NAME.*; "
+        "unreadable pairs are skipped and listed. An interrupted cycle with the same data and options "
+        "resumes where it stopped.",
+    )
+    parser.add_argument("--images", type=Path, required=True, help="folder of training images")
+    parser.add_argument("--masks", type=Path, required=True, help="folder of their masks (same file stems)")
+    parser.add_argument("--val-images", type=Path, help="held-out images (default: a stable 20%% of --images)")
+    parser.add_argument("--val-masks", type=Path, help="held-out masks (with --val-images)")
+    parser.add_argument("--iters", type=int, help="segmentation-stage iterations (default ISNET_TRAIN_ITERS, 1000)")
+    parser.add_argument("--size", type=int,
+                        help="serving input size the images are resized to (default ISNET_INPUT_SIZE, 1024)")
+    parser.add_argument("--crop", type=int,
+                        help="random training crop side (default ISNET_TRAIN_CROP: 320 on CPU, --size on CUDA)")
+    parser.add_argument("--batch", type=int, help="batch size (default ISNET_TRAIN_BATCH, 2)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default ISNET_TRAIN_LR, 1e-5)")
+    parser.add_argument("--feature-loss", choices=FEATURE_LOSSES,
+                        help="intermediate supervision; 'off' trains with side-output BCE only (default mse)")
+    parser.add_argument("--feature-weight", type=float, help="weight of the feature loss (default 1)")
+    parser.add_argument("--gt-iters", type=int, help="iteration cap of the GT encoder stage (default 2000)")
+    parser.add_argument("--min-scale", type=float,
+                        help="scale jitter: resize each sample to a side in [min-scale*size, size] (default 1: none)")
+    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--checkpoint-every", type=int, help="iterations between resumable checkpoints (default 100)")
+    parser.add_argument("--promote-rule", help="promotion rule (default ISNET_PROMOTE_RULE, mae_not_worse)")
+    parser.add_argument("--no-promote", action="store_true", help="write the version but never make it current")
+    parser.add_argument("--no-resume", action="store_true", help="start afresh even if an interrupted cycle matches")
+    parser.add_argument("--out", type=Path,
+                        help="write the cycle's directory here (must not exist; default: a new version in MODEL_DIR)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load()
+    if (args.val_images is None) != (args.val_masks is None):
+        print("error: --val-images and --val-masks go together", file=sys.stderr)
+        return 2
+    if args.out is not None and args.out.exists():
+        print(f"error: {args.out} already exists; a cycle writes a new directory", file=sys.stderr)
+        return 2
+    progress = TqdmProgress()
+    try:
+        options = TrainOptions.from_settings(
+            settings, iters=args.iters, size=args.size, crop=args.crop, batch=args.batch, lr=args.lr,
+            feature_loss=args.feature_loss, feature_weight=args.feature_weight, gt_max_iters=args.gt_iters,
+            min_scale=args.min_scale, seed=args.seed, checkpoint_every=args.checkpoint_every,
+            promote_rule=args.promote_rule,
+        )
+        held_out = (args.val_images, args.val_masks) if args.val_images is not None else None
+        report = run_cycle(
+            (args.images, args.masks), settings, options, held_out=held_out, out=args.out,
+            promote=not args.no_promote, resume=not args.no_resume, progress=progress,
+        )
+    except (ValueError, TrainingError, WeightsError, FileNotFoundError) as exc:
+        progress.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    progress.close()
+    for item in report.skipped:
+        print(f"skipped: {item.key} ({item.path}): {item.reason}", file=sys.stderr)
+    print(f"version {report.version} written to {report.directory}")
+    print(f"trained on {report.train_count} pairs, compared on {len(report.held_out)} held-out pairs "
+          f"at size {options.size} (crop {options.crop}, feature loss {options.feature_loss})")
+    for label in ("champion", "challenger"):
+        metrics = report.metrics[label]
+        name = report.champion if label == "champion" else report.version
+        print(f"  {label:10s} {name}: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in SHOWN if k in metrics))
+    print(report.decision.reason)
+    print("now current: " + (report.version if report.promoted else report.champion))
+    return 0

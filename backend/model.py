@@ -1,0 +1,297 @@
+"""The Label Studio ML backend model: Label Studio JSON in, ISNet brush predictions out.
+
+Shaped like a label-studio-ml model so its users feel at home: :meth:`ISNetModel.setup`,
+:meth:`ISNetModel.predict` (``tasks, context=None, **kwargs`` -> one prediction dict per task)
+and :meth:`ISNetModel.fit` (``event, data, **kwargs``). One instance lives per server process,
+because the network is loaded once; the labeling config comes with every call.
+
+Why it stays thin: parsing configs, fetching images, RLE and result dicts are the
+:mod:`backend.labelstudio` library, inference is :mod:`backend.server.inference`, and the HTTP
+protocol is :mod:`backend.server`. This module decides what happens to each task:
+
+* it is fetched, hashed and, unless its result is cached, decoded and segmented, in chunks
+  of ``ISNET_PREDICT_BATCH`` images that go through the engine as one batch;
+* a task that fails (no image field, unreachable or refused URL, not an image, too large)
+  gets an empty ``result`` and the request goes on;
+* ``ISNET_PREDICT_BUDGET`` bounds the request (Label Studio gives up after 100 s and then
+  stores nothing): tasks that do not fit are handed to background pre-annotation and answered
+  with an entry that has no ``result`` key. Label Studio 1.23 skips such an entry and stores
+  nothing for that task (``ml/models.py``, ``_get_predictions_from_ml_backend``), so the task
+  is still "unpredicted": the background job, opening the task, or the next "Retrieve
+  predictions" fills it in, under the current model version, without duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from backend.isnet.images import ImageError, load_image
+from backend.labelstudio.auth import LabelStudioAuth
+from backend.labelstudio.config import BrushTarget, LabelConfigError, parse_label_config
+from backend.labelstudio.fetch import FetchError, ImageFetcher
+from backend.labelstudio.results import brush_result
+from backend.labelstudio.tasks import TaskImageError, image_url
+from backend.server.cache import CacheKey, ResultCache
+from backend.server.inference import PRIORITY_BATCH, PRIORITY_INTERACTIVE, InferenceService, VersionWatcher
+from backend.server.logs import current_request_id
+from backend.server.stats import Stats
+from backend.settings import Settings, load
+from worker import hooks
+from worker.retrain import latest_report
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ISNetModel", "LabelConfigError"]
+
+TRAINING_EVENTS = frozenset(
+    {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING", "TASKS_CREATED"}
+)
+FETCH_THREADS = 4
+MAX_EVENTS = 100
+
+
+@dataclass
+class _Prepared:
+    """One task's image, fetched and hashed; ``cached`` set when its result is known already."""
+
+    key: CacheKey
+    cached: tuple[list[dict[str, Any]], float] | None
+    image: np.ndarray | None
+
+
+def _retarget(result: list[dict[str, Any]], target: BrushTarget) -> list[dict[str, Any]]:
+    """A cached result re-addressed to this project's tag names and label."""
+    return [
+        {**r, "from_name": target.from_name, "to_name": target.to_name,
+         "value": {**r.get("value", {}), "brushlabels": [target.label]}}
+        for r in result
+    ]
+
+
+def _result_bytes(result: list[dict[str, Any]]) -> int:
+    """Roughly what a result holds in memory: a list slot per RLE integer, plus the dicts."""
+    return 1024 + sum(8 * len(r.get("value", {}).get("rle", ())) for r in result)
+
+
+class ISNetModel:
+    """ISNet pre-annotations as Label Studio brush predictions."""
+
+    def __init__(self, settings: Settings | None = None, stats: Stats | None = None,
+                 service: InferenceService | None = None) -> None:
+        self.settings = settings or load()
+        self.stats = stats or Stats()
+        self.watcher = service.watcher if service else VersionWatcher(self.settings)
+        self.service = service
+        self.cache = ResultCache(int(self.settings.cache_mb * 1024 * 1024))
+        self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
+        self._setup_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="isnet-fetch")
+        self._fetcher = ImageFetcher(
+            self.settings, LabelStudioAuth(self.settings.label_studio_url, self.settings.label_studio_api_key)
+        )
+
+    # -- label-studio-ml interface ----------------------------------------------------------
+
+    def setup(self) -> str:
+        """Load the current model version and start inference (once); the served version's name."""
+        with self._setup_lock:
+            if self.service is None:
+                self.service = InferenceService(self.settings, self.watcher)
+                self.service.start()
+                # Without Redis, background pre-annotation shares this one inference thread.
+                hooks.attach_inference(self.service)
+        return self.model_version
+
+    @property
+    def model_version(self) -> str:
+        """What ``/setup`` reports: the registry's current version (a cheap ``stat`` between calls)."""
+        return self.watcher.current().name
+
+    def check_label_config(self, label_config: str) -> BrushTarget:
+        """The brush target of a config, or :class:`LabelConfigError` saying what is missing."""
+        return parse_label_config(label_config, from_name=self.settings.from_name or None,
+                                  label=self.settings.label or None)
+
+    def use_label_studio_token(self, access_token: str | None) -> None:
+        """Fall back on the token ``/setup`` carries when ``LABEL_STUDIO_API_KEY`` is not set.
+
+        It is the project creator's legacy token, so it only works where legacy tokens are enabled.
+        """
+        if access_token and not self.settings.label_studio_api_key and access_token != self._fetcher.auth.api_key:
+            self._fetcher = ImageFetcher(self.settings, LabelStudioAuth(self.settings.label_studio_url, access_token))
+
+    def predict(self, tasks: list[dict[str, Any]], context: dict[str, Any] | None = None,
+                **kwargs: Any) -> list[dict[str, Any]]:
+        """One prediction dict per task, in order.
+
+        ``kwargs``: ``label_config`` (required), ``project`` (Label Studio's ``"<id>.<ts>"``, for
+        deferred tasks) and ``deadline`` (``time.monotonic()`` value; default now + budget).
+        Raises :class:`LabelConfigError` for a config without a usable ``BrushLabels``.
+        """
+        if self.service is None:
+            self.setup()
+        assert self.service is not None
+        target = self.check_label_config(kwargs.get("label_config") or "")
+        deadline = kwargs.get("deadline") or time.monotonic() + self.settings.predict_budget
+        priority = PRIORITY_INTERACTIVE if len(tasks) == 1 else PRIORITY_BATCH
+        version = self.service.model_version
+        answers: list[dict[str, Any] | None] = [None] * len(tasks)
+        batch = max(1, self.settings.predict_batch)
+        chunks = [list(range(i, min(i + batch, len(tasks)))) for i in range(0, len(tasks), batch)]
+        prefetch: dict[int, Future] = {}
+        for c, chunk in enumerate(chunks):
+            if self.service.fits(1, deadline) == 0:
+                break
+            for i in chunk:  # fetched in parallel (the first chunk; later ones were prefetched)
+                if i not in prefetch:
+                    prefetch[i] = self._pool.submit(self._prepare, tasks[i], target)
+            prepared = [self._take(prefetch.pop(i), tasks[i]) for i in chunk]
+            if c + 1 < len(chunks):  # fetch the next chunk while this one is in the network
+                for i in chunks[c + 1]:
+                    prefetch[i] = self._pool.submit(self._prepare, tasks[i], target)
+            done = self._answer(tasks, chunk, prepared, answers, target, deadline, priority)
+            version = done or version
+            if any(answers[i] is None for i in chunk):
+                break
+        for fut in prefetch.values():
+            fut.cancel()
+        self._defer(tasks, answers, version, kwargs.get("project"))
+        return [a if a is not None else {"model_version": version, "score": 0.0} for a in answers]
+
+    def fit(self, event: str, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Record a Label Studio event and hand it to the background; returns at once.
+
+        ``TASKS_CREATED`` becomes pre-annotation jobs; annotation events and ``START_TRAINING``
+        one coalesced retraining job per project (:mod:`worker.retrain_queue`).
+        """
+        project = data.get("project")
+        project_id = project.get("id") if isinstance(project, dict) else project
+        project_id = project_id if isinstance(project_id, int) else None
+        self.events.append({"action": event, "project": project_id, "time": time.time()})
+        self.stats.incr(f"webhook.{event if event in TRAINING_EVENTS else 'other'}")
+        if event not in TRAINING_EVENTS:
+            return {"status": "ignored", "action": event}
+        if event == "TASKS_CREATED":  # pre-annotated under the version /setup reports now
+            data = {**data, "model_version": self.model_version}
+        hooks.enqueue_event(event, project_id, data, self.settings)  # QueueUnavailable: /webhook answers 503
+        return {"status": "queued", "action": event}
+
+    # -- metrics --------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """Engine, device and version for ``/health``."""
+        info = self.service.describe() if self.service else {}
+        return {"model_version": self.model_version, "engine": info.get("engine"),
+                "device": info.get("device") or self.settings.device,
+                "precision": info.get("precision"), "input_size": info.get("input_size")}
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "model_version": self.model_version,
+            "model_pointer_error": self.watcher.last_error,
+            "inference": self.service.describe() if self.service else None,
+            "cache": {"entries": len(self.cache), "bytes": self.cache.bytes, "max_bytes": self.cache.max_bytes},
+            "handed_over": hooks.recorded(),
+            "preannotation": hooks.progress(self.settings),
+            "last_events": list(self.events)[-10:],
+            "retraining": latest_report(self.settings),
+        }
+
+    # -- one chunk ------------------------------------------------------------------------
+
+    @staticmethod
+    def _take(fut: Future, task: dict[str, Any]) -> _Prepared | Exception:
+        """A prepared task, or the exception that makes it a failed task."""
+        try:
+            return fut.result()
+        except (TaskImageError, ImageError) as exc:
+            return exc
+        except Exception as exc:  # a bug must cost one task, not the batch
+            log.exception("preparing task %s failed", task.get("id"))
+            return exc
+
+    def _prepare(self, task: dict[str, Any], target: BrushTarget) -> _Prepared:
+        """Fetch and hash a task's image; decode it only when its result is not cached."""
+        task_id = task.get("id")
+        url = image_url(task, target)
+        try:
+            raw = self._fetcher.fetch(url.strip(), task_id=task_id if isinstance(task_id, int) else None)
+        except FetchError as exc:
+            raise TaskImageError(f"task {task_id}: {exc}") from exc
+        assert self.service is not None
+        version, engine, size = self.service.identity
+        key = CacheKey(hashlib.sha256(raw).hexdigest(), version, engine, size, float(self.settings.threshold))
+        cached = self.cache.get(key)
+        if cached is not None:
+            return _Prepared(key, cached, None)
+        return _Prepared(key, None, load_image(raw, self.settings.max_pixels, name=f"task {task_id} ({url})"))
+
+    def _answer(self, tasks: list[dict[str, Any]], chunk: list[int], prepared: list[_Prepared | Exception],
+                answers: list[dict[str, Any] | None], target: BrushTarget, deadline: float,
+                priority: int) -> str | None:
+        """Fill ``answers`` for one chunk; entries left ``None`` did not fit the deadline."""
+        assert self.service is not None
+        todo: list[tuple[int, _Prepared]] = []
+        for i, item in zip(chunk, prepared, strict=True):
+            if isinstance(item, Exception):
+                answers[i] = self._failed(tasks[i], item)
+            elif item.cached is not None:
+                result, score = item.cached
+                answers[i] = {"result": _retarget(result, target), "score": score,
+                              "model_version": item.key.model_version}
+                self.stats.incr("cache.hits")
+            else:
+                todo.append((i, item))
+        if not todo:
+            return None
+        self.stats.incr("cache.misses", len(todo))
+        try:
+            outcome = self.service.predict([p.image for _, p in todo], deadline, priority, current_request_id())
+        except Exception as exc:
+            for i, _ in todo:
+                answers[i] = self._failed(tasks[i], exc)
+            return None
+        for (i, item), mask in zip(todo, outcome.masks, strict=True):
+            if mask is None:
+                continue
+            try:
+                result, score = brush_result(mask, target, self.settings.threshold)
+            except Exception as exc:
+                answers[i] = self._failed(tasks[i], exc)
+                continue
+            key = item.key._replace(model_version=outcome.model_version)
+            self.cache.put(key, (result, score), _result_bytes(result))
+            answers[i] = {"result": result, "score": score, "model_version": outcome.model_version}
+            self.stats.incr("tasks.predicted")
+        return outcome.model_version
+
+    def _failed(self, task: dict[str, Any], exc: Exception) -> dict[str, Any]:
+        task_id = task.get("id") if isinstance(task, dict) else None
+        message = str(exc) or type(exc).__name__
+        kind = type(exc).__name__
+        log.warning("task %s gets an empty prediction: %s", task_id, message, extra={"task_id": task_id})
+        self.stats.incr("tasks.failed")
+        self.stats.error(kind, message, task_id=task_id, request_id=current_request_id())
+        assert self.service is not None
+        return {"result": [], "score": 0.0, "model_version": self.service.model_version}
+
+    def _defer(self, tasks: list[dict[str, Any]], answers: list[dict[str, Any] | None], version: str,
+               project: Any) -> None:
+        ids = [t.get("id") for t, a in zip(tasks, answers, strict=True) if a is None and isinstance(t, dict)]
+        ids = [i for i in ids if isinstance(i, int)]
+        if not ids:
+            return
+        project_uid = str(project) if project else str(tasks[0].get("project", ""))
+        hooks.enqueue_preannotation(project_uid, ids, version)
+        self.stats.incr("tasks.deferred", len(ids))
+        log.info("budget spent: %d task(s) handed to background pre-annotation", len(ids),
+                 extra={"task_ids": ids[:20], "project": project_uid})

@@ -1,0 +1,78 @@
+"""The Flask application factory: protocol routes plus what wraps every request.
+
+Around each request: a request id (taken from ``X-Request-Id`` or made, echoed back, on every
+log line), optional basic auth, one structured access-log line with the duration, counters
+for ``/metrics``, and JSON errors instead of HTML pages, also for a crash inside a handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from backend.model import ISNetModel
+from backend.server.auth import basic_auth_ok
+from backend.server.logs import new_request_id, reset_request_id, set_request_id
+from backend.server.routes import bp, error
+from backend.server.state import ServerState
+from backend.server.stats import Stats
+from backend.settings import Settings, load
+
+log = logging.getLogger("backend.server.access")
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+def create_app(settings: Settings | None = None, model: ISNetModel | None = None) -> Flask:
+    """A ready app: the model is loaded and its inference thread started before this returns."""
+    settings = settings or load()
+    stats = model.stats if model is not None else Stats()
+    model = model or ISNetModel(settings, stats=stats)
+    model.setup()
+    app = Flask("isnet_backend")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.extensions["isnet"] = ServerState(settings, model, stats)
+    app.register_blueprint(bp)
+
+    @app.before_request
+    def _begin() -> Response | None:
+        g.started = time.monotonic()
+        g.request_id = new_request_id(request.headers.get("X-Request-Id"))
+        g.log_token = set_request_id(g.request_id)
+        if not basic_auth_ok(request, settings.basic_auth_user, settings.basic_auth_pass):
+            resp = error("authentication required (BASIC_AUTH_USER / BASIC_AUTH_PASS)", 401)
+            resp.headers["WWW-Authenticate"] = 'Basic realm="isnet"'
+            return resp
+        return None
+
+    @app.after_request
+    def _end(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id", "-")
+        ms = round((time.monotonic() - g.get("started", time.monotonic())) * 1000, 1)
+        route = request.url_rule.rule if request.url_rule is not None else "unrouted"  # bounded key set
+        stats.incr(f"requests.{request.method} {route} {response.status_code}")
+        log.info("%s %s %s %.1f ms", request.method, request.path, response.status_code, ms,
+                 extra={"method": request.method, "path": request.path, "status": response.status_code,
+                        "duration_ms": ms, "remote": request.remote_addr})
+        return response
+
+    @app.teardown_request
+    def _teardown(_exc: BaseException | None) -> None:
+        token = g.pop("log_token", None)
+        if token is not None:
+            reset_request_id(token)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        return error(f"{exc.name}: {exc.description}", exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def _crash(exc: Exception) -> Response:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        stats.error(type(exc).__name__, str(exc), path=request.path, request_id=g.get("request_id"))
+        return error(f"internal error ({type(exc).__name__}); request id {g.get('request_id')}", 500)
+
+    return app

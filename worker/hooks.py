@@ -1,0 +1,143 @@
+"""Where the serving process hands work to the background: the seam later issues fill in.
+
+Why a seam: the server must answer ``/predict`` inside Label Studio's 100 s and ``/webhook`` at
+once, so anything longer is handed over here and never run in the request. Both functions
+record what they were given (in process, bounded, visible in ``GET /metrics``).
+:func:`enqueue_preannotation` (``/predict``'s overflow) and a ``TASKS_CREATED`` event given to
+:func:`enqueue_event` become pre-annotation jobs (:mod:`worker.queue`: RQ jobs of
+``ISNET_PREANNOTATE_BATCH`` tasks, or the in-process thread without ``REDIS_URL``) that predict
+the tasks and write the predictions to Label Studio; the training issue gives the other events
+their jobs.
+
+Contract for the real pre-annotation job: write each prediction under ``model_version`` (the
+version ``/setup`` reports, else Label Studio hides it and predicts the task again), and skip
+a task that already has a prediction of that version (an annotator may have opened it, which
+makes Label Studio call ``/predict`` for it, before the job got to it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from backend.settings import Settings
+from worker import queue as work_queue
+from worker.queue import QueueUnavailable
+
+__all__ = ["QueueUnavailable", "enqueue_event", "enqueue_preannotation", "recorded"]
+
+MAX_RECORDED = 1000
+PREANNOTATE_EVENTS = frozenset({"TASKS_CREATED"})
+RETRAIN_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING"})
+"""Label changes ask for a retraining cycle of their project (:mod:`worker.retrain_queue` coalesces them)."""
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreannotationRequest:
+    """Tasks that ``/predict`` had no time for, to be predicted and written in the background."""
+
+    project: str
+    """Label Studio's project id (``/predict`` sends ``"<id>.<created timestamp>"``)."""
+    task_ids: tuple[int, ...]
+    model_version: str
+    created: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    """One Label Studio webhook, as ``model.fit`` received it."""
+
+    action: str
+    project_id: int | None
+    created: float = field(default_factory=time.time)
+
+
+_lock = threading.Lock()
+_preannotations: deque[PreannotationRequest] = deque(maxlen=MAX_RECORDED)
+_events: deque[WebhookEvent] = deque(maxlen=MAX_RECORDED)
+
+
+def enqueue_preannotation(project: str, task_ids: list[int], model_version: str,
+                          settings: Settings | None = None) -> PreannotationRequest:
+    """Queue background pre-annotation of ``task_ids``; returns at once.
+
+    Called from ``/predict``, which must answer whatever happens to Redis: an unreachable queue
+    is logged, and the tasks stay unpredicted until the next "Retrieve predictions" or
+    ``isnet preannotate --missing``.
+    """
+    item = PreannotationRequest(project, tuple(task_ids), model_version)
+    with _lock:
+        _preannotations.append(item)
+    project_id = _project_id(project)
+    if project_id is None:
+        log.warning("pre-annotation of %d task(s) not queued: no project id in %r", len(task_ids), project)
+        return item
+    try:
+        work_queue.submit(project_id, list(task_ids), model_version, settings)
+    except QueueUnavailable as exc:
+        log.error("pre-annotation of %d task(s) not queued: %s", len(task_ids), exc)
+    return item
+
+
+def enqueue_event(action: str, project_id: int | None, data: dict[str, Any],
+                  settings: Settings | None = None) -> WebhookEvent:
+    """Queue the work a webhook event asks for (training, dataset updates); returns at once.
+
+    ``TASKS_CREATED`` queues pre-annotation of the new tasks under ``data["model_version"]`` (the
+    caller's current version); annotation events and ``START_TRAINING`` ask for one retraining
+    cycle of the project (coalesced; ``START_TRAINING`` forces it past ``ISNET_MIN_NEW_LABELS``).
+    Raises :class:`QueueUnavailable` when Redis cannot be reached, so
+    ``/webhook`` can say so (503) instead of pretending the tasks were queued.
+    """
+    item = WebhookEvent(action, project_id)
+    with _lock:
+        _events.append(item)
+    if action in PREANNOTATE_EVENTS and project_id is not None:
+        tasks = data.get("tasks") if isinstance(data.get("tasks"), list) else []
+        ids = [t.get("id") if isinstance(t, dict) else t for t in tasks]
+        ids = [i for i in ids if isinstance(i, int) and not isinstance(i, bool)]
+        if ids:
+            work_queue.submit(project_id, ids, str(data.get("model_version") or ""), settings)
+    elif action in RETRAIN_EVENTS and project_id is not None:
+        from worker import retrain_queue
+
+        retrain_queue.submit(project_id, force=action == "START_TRAINING", settings=settings)
+    return item
+
+
+def _project_id(project: str) -> int | None:
+    """Label Studio's ``"<id>.<created timestamp>"`` (or a plain id) as the id."""
+    head = str(project).split(".", 1)[0].strip()
+    return int(head) if head.isdigit() else None
+
+
+def progress(settings: Settings | None = None) -> dict[str, Any]:
+    """Pre-annotation counters (total/done/skipped/failed) from every worker, for ``/metrics``."""
+    return work_queue.progress(settings)
+
+
+def recorded() -> dict[str, Any]:
+    """What was handed over so far (newest last), for ``/metrics`` and tests."""
+    with _lock:
+        pre = [asdict(p) for p in _preannotations]
+        events = [asdict(e) for e in _events]
+    return {
+        "preannotation_requests": len(pre),
+        "preannotation_tasks": sum(len(p["task_ids"]) for p in pre),
+        "last_preannotation": pre[-1] if pre else None,
+        "events": len(events),
+        "last_event": events[-1] if events else None,
+    }
+
+
+def attach_inference(service: Any) -> None:
+    """Without Redis, let the in-process pre-annotation thread share the server's inference thread."""
+    from worker.local import attach_service
+
+    attach_service(service)

@@ -1,0 +1,114 @@
+"""Where pre-annotation work goes: RQ jobs of ``ISNET_PREANNOTATE_BATCH`` tasks, or the in-process thread.
+
+Why chunks: a 10,000-task import must become many small jobs that several workers share and
+that each finish (and can be retried) in minutes. Why short Redis timeouts: Label Studio waits
+1 s for ``/webhook`` inside the import request, so an unreachable Redis must fail fast
+(:class:`QueueUnavailable`, which ``/webhook`` turns into a 503) rather than hang.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from backend.settings import Settings, load
+
+JOB_FUNCTION = "worker.jobs.run_preannotation"
+JOB_TIMEOUT_S = 3600
+RETRY_INTERVALS_S = [15, 60, 240]
+"""A job that failed (Label Studio down through every in-job retry, a killed worker) runs again."""
+ACTIVE = {"queued", "started", "scheduled", "deferred"}
+
+
+class QueueUnavailable(Exception):
+    """Redis could not be reached in time."""
+
+
+def chunks(task_ids: list[int], size: int) -> list[list[int]]:
+    """``task_ids`` (duplicates dropped, order kept) in consecutive lists of at most ``size``."""
+    unique = list(dict.fromkeys(task_ids))
+    size = max(1, size)
+    return [unique[i:i + size] for i in range(0, len(unique), size)]
+
+
+def job_id(project_id: int, model_version: str, task_ids: list[int]) -> str:
+    """The same chunk for the same version gets the same id, so enqueueing it twice is a no-op."""
+    digest = hashlib.sha1(f"{model_version}|{task_ids}".encode()).hexdigest()[:20]
+    return f"preannotate-{project_id}-{digest}"
+
+
+def redis_connection(settings: Settings) -> Any:
+    """A client that gives up after ``ISNET_REDIS_TIMEOUT`` seconds instead of blocking a request."""
+    from redis import Redis
+
+    return Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout,
+                          socket_connect_timeout=settings.redis_timeout)
+
+
+def submit(project_id: int, task_ids: list[int], model_version: str,
+           settings: Settings | None = None) -> list[str]:
+    """Queue pre-annotation of ``task_ids``; the ids of the jobs (or local chunks) created."""
+    settings = settings or load()
+    parts = chunks(task_ids, settings.preannotate_batch)
+    if not parts:
+        return []
+    if not settings.redis_url:
+        from worker.local import runner
+
+        return runner(settings).submit(project_id, parts, model_version)
+    return _enqueue_rq(project_id, parts, model_version, settings)
+
+
+def _enqueue_rq(project_id: int, parts: list[list[int]], model_version: str, settings: Settings) -> list[str]:
+    from redis.exceptions import RedisError
+    from rq import Queue, Retry
+    from rq.job import Job
+
+    from worker.progress import RedisProgress
+
+    connection = redis_connection(settings)
+    ids = [job_id(project_id, model_version, part) for part in parts]
+    try:
+        existing = Job.fetch_many(ids, connection=connection)
+        fresh = [(jid, part) for jid, part, job in zip(ids, parts, existing, strict=True)
+                 if job is None or job.get_status(refresh=False) not in ACTIVE]
+        queue = Queue(settings.queue_name, connection=connection)
+        jobs = [Queue.prepare_data(JOB_FUNCTION, args=(project_id, part, model_version), job_id=jid,
+                                   timeout=JOB_TIMEOUT_S, result_ttl=86400, failure_ttl=7 * 86400,
+                                   retry=Retry(max=len(RETRY_INTERVALS_S), interval=RETRY_INTERVALS_S),
+                                   description=f"pre-annotate project {project_id}: {len(part)} task(s)")
+                for jid, part in fresh]
+        if jobs:
+            queue.enqueue_many(jobs)
+            RedisProgress(connection, settings.queue_name).incr("total", sum(len(part) for _, part in fresh))
+    except (RedisError, OSError) as exc:
+        raise QueueUnavailable(f"Redis at {settings.redis_url} is unreachable: {exc}") from exc
+    finally:
+        connection.close()
+    return [jid for jid, _ in fresh]
+
+
+def progress(settings: Settings | None = None) -> dict[str, Any]:
+    """Counters for ``/metrics``: from Redis (every worker) or the in-process thread."""
+    settings = settings or load()
+    if not settings.redis_url:
+        from worker.local import current_runner
+
+        local = current_runner()
+        return {"backend": "in-process", **(local.snapshot() if local else {})}
+    from redis.exceptions import RedisError
+    from rq import Queue
+
+    from worker.progress import RedisProgress
+
+    connection = redis_connection(settings)
+    try:
+        queue = Queue(settings.queue_name, connection=connection)
+        return {"backend": "rq", "queue": settings.queue_name, "queued_jobs": queue.count,
+                "started_jobs": queue.started_job_registry.count,
+                "failed_jobs": queue.failed_job_registry.count,
+                **RedisProgress(connection, settings.queue_name).snapshot()}
+    except (RedisError, OSError) as exc:
+        return {"backend": "rq", "error": f"Redis unreachable: {exc}"}
+    finally:
+        connection.close()
