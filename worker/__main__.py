@@ -1,8 +1,8 @@
 """``python -m worker`` (``make worker``): an RQ worker on the pre-annotation queue from ``REDIS_URL``.
 
-Why it recovers jobs first: a worker killed in the middle of a chunk leaves its job "started"
-until RQ notices it was abandoned (minutes). A worker starting on the same host re-queues, at
-once, every started job whose worker process is gone; the job's per-task check then writes only
+Why it recovers jobs first: a worker killed in the middle of a chunk leaves its job where RQ
+rescues it late or never (see :mod:`worker.recovery`). A worker starting on the same host
+re-queues, at once, every job whose worker is gone; the job's per-task check then writes only
 the predictions that are still missing.
 """
 
@@ -10,49 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import socket
 import sys
 
 from backend.settings import load
+from worker.recovery import recover_abandoned
 
 log = logging.getLogger("worker")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def recover_abandoned(queue: object) -> int:
-    """Re-queue, at the front, started jobs whose worker on this host is dead; how many there were."""
-    from rq.job import Job
-    from rq.worker import Worker
-
-    registry = queue.started_job_registry  # type: ignore[attr-defined]
-    connection = registry.connection
-    host = socket.gethostname()
-    dead: list[tuple[bytes, Job]] = []
-    for member in connection.zrange(registry.key, 0, -1):
-        job_id = member.decode().split(":", 1)[0]
-        job = Job.fetch(job_id, connection=connection) if Job.exists(job_id, connection=connection) else None
-        name = getattr(job, "worker_name", None) if job else None
-        key = Worker.redis_worker_namespace_prefix + name if name else None
-        worker = Worker.find_by_key(key, connection=connection) if key else None
-        if job is not None and job.get_status() == "started" and (
-                worker is None or (worker.hostname == host and worker.pid and not _pid_alive(worker.pid))):
-            dead.append((member, job))
-    for member, job in dead:
-        connection.zrem(registry.key, member)
-        queue.enqueue_job(job, at_front=True)  # type: ignore[attr-defined]  # now, not after a retry interval
-    if dead:
-        log.warning("re-queued %d job(s) whose worker died: %s", len(dead), ", ".join(j.id for _, j in dead))
-    return len(dead)
 
 
 def main(argv: list[str] | None = None) -> int:

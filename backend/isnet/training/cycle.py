@@ -26,6 +26,7 @@ import torch
 
 from backend.isnet.registry import CHECKPOINT_FILE, ModelRegistry, ModelVersion
 from backend.isnet.training.data import Dataset, Item, Skipped, check_readable, load_pairs, split_holdout
+from backend.isnet.training.engine_rebuild import rebuild_engines
 from backend.isnet.training.evaluation import Evaluation, evaluate_models, write_reports
 from backend.isnet.training.history import METRICS_FILE, collect, write_history, write_json_atomic
 from backend.isnet.training.networks import ISNET, Networks
@@ -64,6 +65,8 @@ class CycleReport:
     options: dict[str, Any]
     resumed_from: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    engines: dict[str, Any] | None = None
+    """On promotion: the serving engines rebuilt for this version (see :mod:`.engine_rebuild`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,7 +74,7 @@ class CycleReport:
             "metrics": self.metrics, "decision": self.decision.to_dict(), "promoted": self.promoted,
             "train": {"count": self.train_count}, "held_out": {"count": len(self.held_out), "keys": self.held_out},
             "skipped": [s.to_dict() for s in self.skipped], "training": self.training, "options": self.options,
-            "resumed_from": self.resumed_from, "seconds": self.seconds,
+            "resumed_from": self.resumed_from, "seconds": self.seconds, "engines": self.engines,
         }
 
 
@@ -189,6 +192,9 @@ def run_cycle(
             area, name, champion, train_pairs, val_items, skipped, state, resumed, options, settings,
             networks, registry, progress, promote, timings, t0,
         )
+        if report.decision.promote:
+            images = [it.image for it in train_items if it.key in loaded]
+            _promote(report, champion, images, settings, registry, progress)
     except BaseException:
         # Keep the staging directory when it holds a state to resume from; otherwise it is junk.
         if area.state_path.is_file():
@@ -270,14 +276,23 @@ def _train_evaluate_write(
     write_history([*collect(previous), record], area.path, registry.current_name())
     area.commit()
 
-    # -- promotion and the registry-wide history ----------------------------------------------------------
-    if decision.promote:
-        registry.promote(name)
-        report.promoted = True
-    if in_registry:
-        write_history(collect(v.directory for v in registry.list_versions()), registry.root, registry.current_name())
-    emit(progress, "done", 0, 0, message=decision.reason)
+    if not decision.promote:  # else _promote finishes the cycle
+        if in_registry:
+            write_history(collect(v.directory for v in registry.list_versions()), registry.root,
+                          registry.current_name())
+        emit(progress, "done", 0, 0, message=decision.reason)
     return report
+
+
+def _promote(report: CycleReport, champion: ModelVersion, images: list[Path], settings: Settings,
+             registry: ModelRegistry, progress: ProgressFn | None) -> None:
+    """Engines first (serving switches to a version that has them), then CURRENT, then the history."""
+    emit(progress, "engines", 0, 0, message=f"rebuilding {champion.name}'s engines for {report.version}")
+    report.engines = rebuild_engines(champion, registry.get(report.version), images, settings)
+    registry.promote(report.version)
+    report.promoted = True
+    write_history(collect(v.directory for v in registry.list_versions()), registry.root, registry.current_name())
+    emit(progress, "done", 0, 0, message=report.decision.reason)
 
 
 def _resume_info(state: dict[str, Any] | None) -> dict[str, Any] | None:
