@@ -73,15 +73,17 @@ def _pack(num: int, lengths: np.ndarray, values: np.ndarray) -> list[int]:
     if num >= 1 << 32:
         raise ValueError(f"{num:,} values do not fit the 32-bit length of Label Studio's RLE")
     code, nbits = _tokens(lengths, values)
-    ends = np.cumsum(nbits) + HEADER_BITS
+    ends = np.cumsum(nbits)
+    ends += HEADER_BITS
     total = int(ends[-1]) if len(ends) else HEADER_BITS
     nbytes = total // 8 + 1  # the SDK pads a whole zero byte when the bits end on a byte boundary
     starts = ends - nbits
-    window = code.astype(np.uint64) << (40 - nbits - (starts & 7)).astype(np.uint64)
+    window = code << (40 - nbits - (starts & 7))  # at most 40 bits: int64 holds it, no casts needed
     first = starts >> 3
     out = np.zeros(nbytes + 4, np.uint8)
-    for k in range(5):
-        out[first + k] |= (window >> np.uint64(32 - 8 * k)).astype(np.uint8)
+    out[first] = window >> 32  # first bytes are distinct and nothing was written yet: a plain store
+    for k in range(1, 5):
+        out[first + k] |= (window >> (32 - 8 * k)).astype(np.uint8)  # the cast keeps the low 8 bits
     out[:7] |= np.frombuffer((_header(num) << 3).to_bytes(7, "big"), np.uint8)
     return list(out[:nbytes].tobytes())  # faster than tolist(), the same ints
 
@@ -127,13 +129,22 @@ def mask_to_rle(mask: np.ndarray) -> list[int]:
     flat = mask.ravel()
     if flat.size == 0:
         return _pack(0, np.zeros(0, np.int64), np.zeros(0, np.int64))
-    inside = flat if flat.dtype == bool else flat != 0
+    # Changes of value are found on the raw bytes (no "!= 0" pass over every pixel first); where a
+    # mask has several nonzero values, the changes between two of them are dropped afterwards.
+    changes = _changes(flat.view(np.uint8) if flat.dtype == bool else flat)
+    if flat.dtype != bool and changes.size:
+        keep = (flat[changes] != 0) != (flat[changes + 1] != 0)
+        if not keep.all():
+            changes = changes[keep]
     # Runs of a two-valued array alternate: only the first run's value needs reading.
-    ends = np.append(_changes(inside) + 1, flat.size)
+    ends = np.empty(changes.size + 1, np.int64)
+    ends[:-1] = changes + 1
+    ends[-1] = flat.size
     lengths = np.diff(ends, prepend=0)
-    values = np.full(len(ends), 255 if inside[0] else 0, dtype=np.int64)
+    lengths *= 4
+    values = np.full(len(ends), 255 if flat[0] else 0, dtype=np.int64)
     values[1::2] ^= 255
-    return _pack(flat.size * 4, lengths * 4, values)
+    return _pack(flat.size * 4, lengths, values)
 
 
 def _read_words(buf: np.ndarray, positions: np.ndarray, word_size: int) -> np.ndarray:
