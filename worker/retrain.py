@@ -107,7 +107,7 @@ def retrain_project(project_id: int, *, force: bool = False, settings: Settings 
     cycle = report.to_dict()
     outcome.update(status="promoted" if report.promoted else "rejected", reason=report.decision.reason,
                    version=report.version, report_path=str(report.directory / "cycle.json"),
-                   metrics=cycle["metrics"], decision=cycle["decision"])
+                   metrics=cycle["metrics"], decision=cycle["decision"], engines=cycle["engines"])
     state["used_keys"] = [label.key for label in snap.used]
     state["last_cycle"] = time.time()
     return _record(settings, folder, state, outcome)

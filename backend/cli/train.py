@@ -88,5 +88,9 @@ def run(args: argparse.Namespace) -> int:
         name = report.champion if label == "champion" else report.version
         print(f"  {label:10s} {name}: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in SHOWN if k in metrics))
     print(report.decision.reason)
+    if report.engines and report.engines.get("built"):
+        print("engines rebuilt: " + ", ".join(report.engines["built"]))
+    elif report.engines and report.engines.get("error"):
+        print(f"engines not rebuilt ({report.engines['error']}); serving builds them on demand")
     print("now current: " + (report.version if report.promoted else report.champion))
     return 0
