@@ -8,7 +8,7 @@ at least 30x faster), and whether the two byte lists are identical. Also the tim
 (``rle_to_mask``) and, with ``--sdk-decode``, of the SDK's ``decode_rle`` (about 20 s).
 Exits with status 1 when the bytes differ or the decoder does not give the mask back.
 
-    .venv/bin/python bench/rle.py [--mask PATH] [--reps 20] [--sdk-reps 5] [--sdk-decode]
+    .venv/bin/python bench/rle.py [--mask PATH] [--reps 40] [--sdk-reps 10] [--sdk-decode]
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def interleaved(ours: Callable[[], object], sdk: Callable[[], object], reps: int
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mask", type=Path, default=MASK, help="grayscale mask image (default: DIS demo bike.png)")
-    parser.add_argument("--reps", type=int, default=20, help="timed runs of our encoder (median reported)")
-    parser.add_argument("--sdk-reps", type=int, default=5, help="timed runs of the SDK encoder (median reported)")
+    parser.add_argument("--reps", type=int, default=40, help="timed runs of our encoder (median reported)")
+    parser.add_argument("--sdk-reps", type=int, default=10, help="timed runs of the SDK encoder (median reported)")
     parser.add_argument("--sdk-decode", action="store_true", help="also time the SDK's decoder (slow)")
     args = parser.parse_args()
 

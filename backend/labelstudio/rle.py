@@ -42,49 +42,71 @@ _CLASS_BITS = np.array([14, 14, 15, 19, 27], dtype=np.int64)
 _CLASS_PREFIX = np.array([0, 1 << 13, (1 << 14) | (1 << 12), (1 << 18) | (2 << 16), (1 << 26) | (3 << 24)], np.int64)
 
 
-def _tokens(lengths: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(code, bit count) per token, as the SDK writes them: a run of 1 as a one-value literal,
-    a run longer than 65536 as full-length repeats followed by the rest, which keeps the 16-bit
-    length field even when it is short."""
+def _tokens(lengths: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per run, as the SDK writes it: (code, bit count, runs longer than 65536, their repeats).
+
+    A run of 1 is a one-value literal. A run longer than 65536 is written as ``repeats``
+    full-length tokens followed by the rest, and the rest keeps the 16-bit length field even
+    when it is short: its class comes from the whole run's length.
+    """
     lengths = lengths.astype(np.int64, copy=False)
-    values = values.astype(np.int64, copy=False)
     cls = np.searchsorted(_CLASS_BOUNDS, lengths)
     long = np.flatnonzero(lengths > _MAX_RUN)  # rare: a few background stretches per mask
+    repeats = (lengths[long] - 1) // _MAX_RUN
     if long.size:
-        full = (lengths[long] - 1) // _MAX_RUN
         lengths = lengths.copy()
-        lengths[long] -= full * _MAX_RUN
-    code = _CLASS_PREFIX[cls] | ((lengths - 1) << 8) | values
-    nbits = _CLASS_BITS[cls]
-    if long.size:
-        at = np.repeat(long, full)  # the full-length tokens go before each run's rest
-        code = np.insert(code, at, np.repeat(_CLASS_PREFIX[4] | ((_MAX_RUN - 1) << 8) | values[long], full))
-        nbits = np.insert(nbits, at, _CLASS_BITS[4])
-    return code, nbits
+        lengths[long] -= repeats * _MAX_RUN
+    code = _CLASS_PREFIX[cls] | ((lengths - 1) << 8) | values.astype(np.int64, copy=False)
+    return code, _CLASS_BITS[cls], long, repeats
+
+
+_FULL_RUN = int(_CLASS_PREFIX[4] | ((_MAX_RUN - 1) << 8))
+"""A full-length (65536) repeat token, without its value."""
+
+
+def _scatter(code: np.ndarray, starts: np.ndarray, nbits: np.ndarray | int, nwords: int) -> np.ndarray:
+    """The 32-bit words (as float64) of a stream holding only these tokens at these bit offsets.
+
+    A token (14 to 27 bits) touches at most two words: shifted into the 64-bit window of the word
+    it starts in and the next, its high and low halves are its two contributions. Tokens never
+    share a bit, so the sum of the contributions to a word is their OR, and ``np.bincount`` adds
+    them in one pass (float64 holds every 32-bit sum exactly).
+    """
+    window = code.astype(np.uint64) << (64 - (starts & 31) - nbits).astype(np.uint64)
+    word = starts >> 5
+    return np.bincount(
+        np.concatenate((word, word + 1)),
+        weights=np.concatenate((window >> np.uint64(32), window & np.uint64(0xFFFFFFFF))).astype(np.float64),
+        minlength=nwords,
+    )
 
 
 def _pack(num: int, lengths: np.ndarray, values: np.ndarray) -> list[int]:
-    """Header plus runs -> the SDK's byte list.
+    """Header plus runs -> the SDK's byte list, built as big-endian 32-bit words.
 
-    Each token (14 to 27 bits) is shifted into the 40-bit window of the five bytes it can touch
-    and OR-ed in, one window byte at a time. Tokens are at least 14 bits long, so no two start
-    in the same byte: within one of those five steps every target byte is distinct.
+    Tokens need no order, only their start bits: the full-length tokens of long runs are
+    scattered on their own, into the gaps left for them.
     """
     if num >= 1 << 32:
         raise ValueError(f"{num:,} values do not fit the 32-bit length of Label Studio's RLE")
-    code, nbits = _tokens(lengths, values)
-    ends = np.cumsum(nbits)
+    code, nbits, long, repeats = _tokens(lengths, values)
+    span = nbits
+    if long.size:
+        span = nbits.copy()
+        span[long] += repeats * _CLASS_BITS[4]
+    ends = np.cumsum(span)
     ends += HEADER_BITS
     total = int(ends[-1]) if len(ends) else HEADER_BITS
     nbytes = total // 8 + 1  # the SDK pads a whole zero byte when the bits end on a byte boundary
-    starts = ends - nbits
-    window = code << (40 - nbits - (starts & 7))  # at most 40 bits: int64 holds it, no casts needed
-    first = starts >> 3
-    out = np.zeros(nbytes + 4, np.uint8)
-    out[first] = window >> 32  # first bytes are distinct and nothing was written yet: a plain store
-    for k in range(1, 5):
-        out[first + k] |= (window >> (32 - 8 * k)).astype(np.uint8)  # the cast keeps the low 8 bits
-    out[:7] |= np.frombuffer((_header(num) << 3).to_bytes(7, "big"), np.uint8)
+    nwords = nbytes // 4 + 2
+    words = _scatter(code, ends - nbits, nbits, nwords)
+    if long.size:
+        first = np.repeat(ends[long] - span[long], repeats)
+        index = np.arange(first.size) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+        full = np.repeat(_FULL_RUN | np.asarray(values)[long].astype(np.int64), repeats)
+        words += _scatter(full, first + index * _CLASS_BITS[4], int(_CLASS_BITS[4]), nwords)
+    out = words.astype(np.uint32).astype(">u4").view(np.uint8)
+    out[:8] |= np.frombuffer((_header(num) << (64 - HEADER_BITS)).to_bytes(8, "big"), np.uint8)
     return list(out[:nbytes].tobytes())  # faster than tolist(), the same ints
 
 
@@ -133,7 +155,10 @@ def mask_to_rle(mask: np.ndarray) -> list[int]:
     # mask has several nonzero values, the changes between two of them are dropped afterwards.
     changes = _changes(flat.view(np.uint8) if flat.dtype == bool else flat)
     if flat.dtype != bool and changes.size:
-        keep = (flat[changes] != 0) != (flat[changes + 1] != 0)
+        inside = flat[changes + 1] != 0  # of the run after each change
+        keep = np.empty_like(inside)
+        keep[0] = inside[0] != (flat[0] != 0)
+        np.not_equal(inside[1:], inside[:-1], out=keep[1:])
         if not keep.all():
             changes = changes[keep]
     # Runs of a two-valued array alternate: only the first run's value needs reading.
