@@ -14,7 +14,7 @@ import pytest
 from redis import Redis
 from rq import Queue, Worker
 
-from worker.recovery import recover_abandoned
+from worker.recovery import RecoveringWorker, recover_abandoned
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -112,6 +112,29 @@ def test_a_fresh_dequeue_is_left_alone_while_a_live_worker_could_be_registering_
     job = dequeued(queue)
     assert recover_abandoned(queue) == 0
     assert queue.connection.lrange(queue.intermediate_queue_key, 0, -1) == [job.id.encode()]
+
+
+def expire(queue: Queue) -> None:
+    """Every execution's heartbeat ran out (what a worker hung, or killed on another host, leaves)."""
+    key = queue.started_job_registry.key
+    for member in queue.connection.zrange(key, 0, -1):
+        queue.connection.zadd(key, {member: 1})
+
+
+def test_a_job_whose_heartbeat_expired_is_requeued_even_while_its_worker_looks_alive(queue):
+    job = registered(queue, worker_on(queue, alive=True))
+    expire(queue)
+    assert recover_abandoned(queue) == 1
+    assert_back_at_the_front(queue, job.id)
+
+
+def test_running_workers_recover_before_each_maintenance_round(queue):
+    job = registered(queue, worker_on(queue, alive=True))
+    expire(queue)
+    survivor = RecoveringWorker([queue], connection=queue.connection, name=f"w-{uuid.uuid4().hex[:8]}")
+    survivor.run_maintenance_tasks()
+    assert queue.job_ids == [job.id]
+    assert queue.fetch_job(job.id).get_status() == "queued"
 
 
 def test_nothing_to_recover_is_a_no_op(queue):

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from backend.settings import load
-from worker.recovery import recover_abandoned
+from worker.recovery import RecoveringWorker, recover_abandoned
 
 log = logging.getLogger("worker")
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from redis import Redis
     from redis.exceptions import RedisError
-    from rq import Queue, Worker
+    from rq import Queue
 
     connection = Redis.from_url(settings.redis_url, socket_connect_timeout=5)
     try:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     queue = Queue(settings.queue_name, connection=connection)
     recover_abandoned(queue)
-    worker = Worker([queue], connection=connection, name=args.name)
+    worker = RecoveringWorker([queue], connection=connection, name=args.name)
     log.info("worker %s listening on %s at %s", worker.name, settings.queue_name, settings.redis_url)
     worker.work(burst=args.burst, with_scheduler=True)
     return 0

@@ -13,8 +13,11 @@ moments at which RQ loses a job for good or for ten minutes:
 
 A worker starting on a host calls :func:`recover_abandoned` before it takes work: every job
 whose execution belongs to a dead worker (its process gone on this host, or its registration
-expired) is put back at the front of the queue at once, whatever the moment of death. Jobs are
-idempotent per task, so a re-run writes only what the dead worker had not written.
+expired) is put back at the front of the queue at once, whatever the moment of death. Running
+workers call it again before each of RQ's maintenance rounds (:class:`RecoveringWorker`), where
+it also takes every execution whose heartbeat expired, the ones RQ's clean-up is about to drop:
+so a worker killed for good, on any host, loses nothing either. Jobs are idempotent per task, so
+a re-run writes only what the dead worker had not written.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from typing import Any
+
+from rq import Worker
 
 log = logging.getLogger("worker")
 
@@ -47,8 +53,6 @@ def live_workers(queue: Any) -> set[str]:
     it); one on this host only while its process exists. Dead ones on this host are unregistered,
     so ``rq info`` stops showing them busy.
     """
-    from rq.worker import Worker
-
     host = socket.gethostname()
     live = set()
     for worker in Worker.all(queue=queue):
@@ -69,7 +73,8 @@ def _execution_worker(connection: Any, job_id: str, execution_id: str) -> str | 
 
 
 def abandoned_jobs(queue: Any) -> dict[str, list[str]]:
-    """Job id → the started-registry members to drop, for every job no live worker is running."""
+    """Job id → the started-registry members to drop, for every job no live worker is running
+    (its worker is dead, or its heartbeat expired)."""
     from rq.utils import parse_composite_key
 
     connection = queue.connection
@@ -77,11 +82,13 @@ def abandoned_jobs(queue: Any) -> dict[str, list[str]]:
     registry_key = queue.started_job_registry.key
     started: dict[str, list[str]] = {}
     abandoned: dict[str, list[str]] = {}
-    for raw in connection.zrange(registry_key, 0, -1):
+    now = time.time()
+    for raw, expires in connection.zrange(registry_key, 0, -1, withscores=True):
         member = raw.decode()
         job_id, execution_id = parse_composite_key(member) if ":" in member else (member, "")
         started.setdefault(job_id, []).append(member)
-        if _execution_worker(connection, job_id, execution_id) not in live:
+        expired = 0 <= expires < now  # -1: never expires
+        if expired or _execution_worker(connection, job_id, execution_id) not in live:
             abandoned.setdefault(job_id, []).append(member)
     for job_id in list(abandoned):
         if len(abandoned[job_id]) < len(started[job_id]):
@@ -114,3 +121,15 @@ def recover_abandoned(queue: Any) -> int:
     if recovered:
         log.warning("re-queued %d job(s) whose worker died: %s", len(recovered), ", ".join(recovered))
     return len(recovered)
+
+
+class RecoveringWorker(Worker):
+    """An RQ worker that gives back abandoned jobs before each maintenance round of RQ's own."""
+
+    def run_maintenance_tasks(self) -> None:
+        for queue in self.queues:
+            try:
+                recover_abandoned(queue)
+            except Exception:  # never let recovery stop the worker; RQ's clean-up still runs
+                log.exception("recovering abandoned jobs of %s failed", queue.name)
+        super().run_maintenance_tasks()
