@@ -29,6 +29,9 @@ import time
 from typing import Any
 
 from rq import Worker
+from rq.executions import Execution
+from rq.job import Job
+from rq.utils import parse_composite_key
 
 log = logging.getLogger("worker")
 
@@ -64,8 +67,6 @@ def live_workers(queue: Any) -> set[str]:
 
 
 def _execution_worker(connection: Any, job_id: str, execution_id: str) -> str | None:
-    from rq.executions import Execution
-
     try:
         return Execution.fetch(execution_id, job_id, connection).worker_name or None
     except ValueError:  # the execution's record expired with its worker
@@ -75,8 +76,6 @@ def _execution_worker(connection: Any, job_id: str, execution_id: str) -> str | 
 def abandoned_jobs(queue: Any) -> dict[str, list[str]]:
     """Job id → the started-registry members to drop, for every job no live worker is running
     (its worker is dead, or its heartbeat expired)."""
-    from rq.utils import parse_composite_key
-
     connection = queue.connection
     live = live_workers(queue)
     registry_key = queue.started_job_registry.key
@@ -104,8 +103,6 @@ def abandoned_jobs(queue: Any) -> dict[str, list[str]]:
 
 def recover_abandoned(queue: Any) -> int:
     """Re-queue, at the front, every job whose worker is dead; how many there were."""
-    from rq.job import Job
-
     connection = queue.connection
     recovered = []
     for job_id, members in abandoned_jobs(queue).items():

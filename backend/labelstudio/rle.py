@@ -103,7 +103,7 @@ def _pack(num: int, lengths: np.ndarray, values: np.ndarray) -> list[int]:
     if long.size:
         first = np.repeat(ends[long] - span[long], repeats)
         index = np.arange(first.size) - np.repeat(np.cumsum(repeats) - repeats, repeats)
-        full = np.repeat(_FULL_RUN | np.asarray(values)[long].astype(np.int64), repeats)
+        full = np.repeat(_FULL_RUN | values[long].astype(np.int64), repeats)
         words += _scatter(full, first + index * _CLASS_BITS[4], int(_CLASS_BITS[4]), nwords)
     out = words.astype(np.uint32).astype(">u4").view(np.uint8)
     out[:8] |= np.frombuffer((_header(num) << (64 - HEADER_BITS)).to_bytes(8, "big"), np.uint8)

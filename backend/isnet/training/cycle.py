@@ -192,9 +192,6 @@ def run_cycle(
             area, name, champion, train_pairs, val_items, skipped, state, resumed, options, settings,
             networks, registry, progress, promote, timings, t0,
         )
-        if report.decision.promote:
-            images = [it.image for it in train_items if it.key in loaded]
-            _promote(report, champion, images, settings, registry, progress)
     except BaseException:
         # Keep the staging directory when it holds a state to resume from; otherwise it is junk.
         if area.state_path.is_file():
@@ -202,6 +199,7 @@ def run_cycle(
         else:
             area.discard()
         raise
+    _finish(report, champion, [it.image for it in train_items if it.key in loaded], settings, registry, progress)
     return report
 
 
@@ -232,7 +230,7 @@ def _train_evaluate_write(
     del champion_model
     skipped = skipped + evaluation.skipped
     decision = decide(options.promote_rule, evaluation.metrics["champion"], evaluation.metrics["challenger"])
-    in_registry = area.final.parent.resolve() == registry.versions_dir.resolve()
+    in_registry = _in_registry(area.final, registry)
     if decision.promote and not in_registry:
         decision = dataclasses.replace(decision, promote=False,
                                        reason=decision.reason + "; not applied: written outside MODEL_DIR")
@@ -275,23 +273,24 @@ def _train_evaluate_write(
     previous = [v.directory for v in registry.list_versions()] if in_registry else []
     write_history([*collect(previous), record], area.path, registry.current_name())
     area.commit()
-
-    if not decision.promote:  # else _promote finishes the cycle
-        if in_registry:
-            write_history(collect(v.directory for v in registry.list_versions()), registry.root,
-                          registry.current_name())
-        emit(progress, "done", 0, 0, message=decision.reason)
     return report
 
 
-def _promote(report: CycleReport, champion: ModelVersion, images: list[Path], settings: Settings,
-             registry: ModelRegistry, progress: ProgressFn | None) -> None:
-    """Engines first (serving switches to a version that has them), then CURRENT, then the history."""
-    emit(progress, "engines", 0, 0, message=f"rebuilding {champion.name}'s engines for {report.version}")
-    report.engines = rebuild_engines(champion, registry.get(report.version), images, settings)
-    registry.promote(report.version)
-    report.promoted = True
-    write_history(collect(v.directory for v in registry.list_versions()), registry.root, registry.current_name())
+def _in_registry(directory: Path, registry: ModelRegistry) -> bool:
+    return directory.parent.resolve() == registry.versions_dir.resolve()
+
+
+def _finish(report: CycleReport, champion: ModelVersion, images: list[Path], settings: Settings,
+            registry: ModelRegistry, progress: ProgressFn | None) -> None:
+    """After the version is written: on promotion its engines first (serving switches to a
+    version that has them), then CURRENT; then the registry-wide history."""
+    if report.decision.promote:
+        emit(progress, "engines", 0, 0, message=f"rebuilding {champion.name}'s engines for {report.version}")
+        report.engines = rebuild_engines(champion, registry.get(report.version), images, settings)
+        registry.promote(report.version)
+        report.promoted = True
+    if _in_registry(report.directory, registry):
+        write_history(collect(v.directory for v in registry.list_versions()), registry.root, registry.current_name())
     emit(progress, "done", 0, 0, message=report.decision.reason)
 
 
