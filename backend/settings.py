@@ -43,6 +43,7 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``ISNET_TRAIN_ITERS`` | ``1000`` | segmentation-stage iterations of one retraining cycle |
 | ``ISNET_TRAIN_BATCH`` | ``2`` | training batch size |
 | ``ISNET_TRAIN_CROP`` | ``0`` (320 on CPU, else input size) | side of the random training crops (at input size) |
+| ``ISNET_TRAIN_SCALES`` | ``""`` | whole-image multi-scale training, e.g. ``1024,320`` (steps cycle through the sides; no crops) |
 | ``ISNET_TRAIN_LR`` | ``0.00001`` | Adam learning rate of the fine-tuning (1e-4 measurably hurt the pretrained model) |
 | ``ISNET_TRAIN_FEATURE_LOSS`` | ``mse`` | GT-encoder supervision: ``mse``, ``l1``, ``smooth_l1``, ``kl``, ``off`` |
 | ``ISNET_TRAIN_GT_ITERS`` | ``2000`` | GT encoder stage cap (it stops at max F 0.99 on the training masks) |
@@ -121,6 +122,8 @@ class Settings:
     train_iters: int = field(default_factory=lambda: int(_env("ISNET_TRAIN_ITERS", "1000")))
     train_batch: int = field(default_factory=lambda: int(_env("ISNET_TRAIN_BATCH", "2")))
     train_crop: int = field(default_factory=lambda: int(_env("ISNET_TRAIN_CROP", "0")))
+    train_scales: tuple[int, ...] = field(
+        default_factory=lambda: tuple(int(v) for v in _env_list("ISNET_TRAIN_SCALES")))
     train_lr: float = field(default_factory=lambda: float(_env("ISNET_TRAIN_LR", "0.00001")))
     train_feature_loss: str = field(default_factory=lambda: _env("ISNET_TRAIN_FEATURE_LOSS", "mse").lower())
     train_gt_iters: int = field(default_factory=lambda: int(_env("ISNET_TRAIN_GT_ITERS", "2000")))

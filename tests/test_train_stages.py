@@ -83,3 +83,23 @@ def test_frozen_batchnorm_keeps_the_pretrained_normalisation(pairs):
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert any(not torch.equal(v, after[k]) for k, v in TinySegmenter().state_dict().items() if "conv" in k)
     assert all(not layer.training for layer in batchnorm_layers(model))
+
+
+def test_multi_scale_training_feeds_whole_images_at_each_scale_in_turn(pairs):
+    """``scales`` replaces crops: step k sees the whole image resized to scales[k % len]."""
+    seen = []
+
+    class Recording(TinySegmenter):
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            return super().forward(x)
+
+    options = dataclasses.replace(OPTIONS, iters=5, lr=1e-3, feature_loss="off", scales=(64, 32))
+    train_segmenter(Recording(), None, pairs, options)
+    assert seen == [(64, 64), (32, 32), (64, 64), (32, 32), (64, 64)]
+    assert options.geometry(1) == (32, 32, 1.0) and options.check_view == (64, 64)
+
+
+def test_scales_are_checked_like_input_sizes():
+    with pytest.raises(ValueError):
+        dataclasses.replace(OPTIONS, scales=(64, 33)).validate()

@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--gt-iters", type=int, help="iteration cap of the GT encoder stage (default 2000)")
     parser.add_argument("--min-scale", type=float,
                         help="scale jitter: resize each sample to a side in [min-scale*size, size] (default 1: none)")
+    parser.add_argument("--scales", type=_sides, metavar="S[,S...]",
+                        help="whole-image multi-scale training: step k uses whole images resized to the k-th "
+                        "side in turn, e.g. 1024,320 (no crops; overrides --crop and --min-scale)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--checkpoint-every", type=int, help="iterations between resumable checkpoints (default 100)")
     parser.add_argument("--promote-rule", help="promotion rule (default ISNET_PROMOTE_RULE, mae_not_worse)")
@@ -50,6 +53,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path,
                         help="write the cycle's directory here (must not exist; default: a new version in MODEL_DIR)")
     parser.set_defaults(func=run)
+
+
+def _sides(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sides such as 1024,320, got {text!r}") from exc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         options = TrainOptions.from_settings(
             settings, iters=args.iters, size=args.size, crop=args.crop, batch=args.batch, lr=args.lr,
             feature_loss=args.feature_loss, feature_weight=args.feature_weight, gt_max_iters=args.gt_iters,
-            min_scale=args.min_scale, seed=args.seed, checkpoint_every=args.checkpoint_every,
+            min_scale=args.min_scale, scales=args.scales, seed=args.seed, checkpoint_every=args.checkpoint_every,
             promote_rule=args.promote_rule,
         )
         held_out = (args.val_images, args.val_masks) if args.val_images is not None else None
@@ -82,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped: {item.key} ({item.path}): {item.reason}", file=sys.stderr)
     print(f"version {report.version} written to {report.directory}")
     print(f"trained on {report.train_count} pairs, compared on {len(report.held_out)} held-out pairs "
-          f"at size {options.size} (crop {options.crop}, feature loss {options.feature_loss})")
+          f"at size {options.size} ({_geometry(options)}, feature loss {options.feature_loss})")
     for label in ("champion", "challenger"):
         metrics = report.metrics[label]
         name = report.champion if label == "champion" else report.version
@@ -94,3 +104,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"engines not rebuilt ({report.engines['error']}); serving builds them on demand")
     print("now current: " + (report.version if report.promoted else report.champion))
     return 0
+
+
+def _geometry(options: TrainOptions) -> str:
+    if options.scales:
+        return "whole images at " + "/".join(str(s) for s in options.scales)
+    return f"crop {options.crop}"

@@ -119,7 +119,7 @@ def train_gt_encoder(
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     scaler = torch.amp.GradScaler("cuda", enabled=bool(options.amp))
-    views = centre_views(eval_subset(pairs, options.gt_eval_items), options.size, options.crop)
+    views = centre_views(eval_subset(pairs, options.gt_eval_items), *options.check_view)
     checks = list(checks or [])
     cap = options.gt_max_iters
     started = time.perf_counter()
@@ -141,8 +141,8 @@ def train_gt_encoder(
     while f < options.gt_target_f and step < cap:
         indices = batch_indices(len(pairs), options.batch, step, options.seed, STREAM)
         rng = np.random.default_rng([options.seed, STREAM, step, 1])
-        _, masks = sample_batch(pairs, indices, options.size, options.crop, rng, options.flip,
-                                options.min_scale, with_images=False)
+        side, crop, min_scale = options.geometry(step)
+        _, masks = sample_batch(pairs, indices, side, crop, rng, options.flip, min_scale, with_images=False)
         masks = masks.to(device)
         with torch.autocast(torch.device(device).type, dtype=torch.float16, enabled=bool(options.amp)):
             sides, _ = encoder(masks)

@@ -49,6 +49,12 @@ class TrainOptions:
     min_scale: float = 1.0
     """< 1 enables scale jitter: each sample is resized to a random side in
     [min_scale * size, size] (multiple of 32, at least ``crop``) before cropping. 1 keeps the serving scale."""
+    scales: tuple[int, ...] = ()
+    """Whole-image multi-scale training: when given, step ``k`` trains on whole images resized to
+    ``scales[k % len(scales)]`` (no crop, no jitter) instead of crops at ``size``. Why: saliency is
+    a whole-image judgement (a crop showing a tenth of a DUTS image asks the model to find the
+    salient object inside the crop), and one set of weights serves both the seed's 320 and the
+    1024 default, so both are trained; e.g. ``(1024, 320)``."""
     bn: str = "frozen"
     gt_lr: float = 1e-3
     gt_target_f: float = 0.99
@@ -75,6 +81,7 @@ class TrainOptions:
             "iters": settings.train_iters,
             "size": settings.input_size,
             "crop": settings.train_crop,
+            "scales": settings.train_scales,
             "batch": settings.train_batch,
             "lr": settings.train_lr,
             "feature_loss": settings.train_feature_loss,
@@ -84,6 +91,8 @@ class TrainOptions:
             "promote_rule": settings.promote_rule,
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
+        if base.get("scales"):
+            base["scales"] = tuple(int(v) for v in base["scales"])
         return cls(**base).resolved()
 
     def resolved(self) -> TrainOptions:
@@ -101,13 +110,15 @@ class TrainOptions:
             raise ValueError(f"crop {self.crop} is larger than the input size {self.size}")
         if self.feature_loss not in FEATURE_LOSSES:
             raise ValueError(f"feature loss must be one of {', '.join(FEATURE_LOSSES)}, got {self.feature_loss!r}")
+        for side in self.scales:
+            check_input_size(side)
         if self.bn not in BN_MODES:
             raise ValueError(f"bn must be one of {', '.join(BN_MODES)}, got {self.bn!r}")
         if self.iters < 0 or self.gt_max_iters < 0:
             raise ValueError("iteration counts cannot be negative")
         if self.batch < 1:
             raise ValueError("the batch size must be at least 1")
-        if self.uses_features and self.batch == 1 and self.crop < 128:
+        if self.uses_features and self.batch == 1 and min((self.crop, *self.scales)) < 128:
             # The GT encoder trains with batch statistics; its deepest maps are crop/64 wide.
             raise ValueError("with the feature loss on, a batch of 1 needs a crop of at least 128 "
                              "(the GT encoder's BatchNorm needs more than one value per channel)")
@@ -120,6 +131,21 @@ class TrainOptions:
         from backend.isnet.training.promotion import parse_rule
 
         parse_rule(self.promote_rule)
+
+    def geometry(self, step: int) -> tuple[int, int, float]:
+        """``(side, crop, min_scale)`` of training step ``step``: whole images at the step's scale
+        when ``scales`` is set, else crops of ``crop`` at ``size`` (with the configured jitter)."""
+        if self.scales:
+            side = self.scales[step % len(self.scales)]
+            return side, side, 1.0
+        return self.size, self.crop, self.min_scale
+
+    @property
+    def check_view(self) -> tuple[int, int]:
+        """``(size, crop)`` of the fixed mask views the GT encoder stage is checked on."""
+        if self.scales:
+            return max(self.scales), max(self.scales)
+        return self.size, self.crop
 
     @property
     def uses_features(self) -> bool:

@@ -103,7 +103,8 @@ def train_segmenter(
     for step in range(start_step, options.iters):
         indices = batch_indices(len(pairs), options.batch, step, options.seed, STREAM)
         rng = np.random.default_rng([options.seed, STREAM, step, 1])
-        images, masks = sample_batch(pairs, indices, options.size, options.crop, rng, options.flip, options.min_scale)
+        side, crop, min_scale = options.geometry(step)
+        images, masks = sample_batch(pairs, indices, side, crop, rng, options.flip, min_scale)
         images, masks = images.to(device), masks.to(device)
         with torch.autocast(torch.device(device).type, dtype=dtype, enabled=bool(options.amp)):
             sides, features = model(images)
