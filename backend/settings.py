@@ -43,7 +43,7 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``ISNET_TRAIN_ITERS`` | ``1000`` | segmentation-stage iterations of one retraining cycle |
 | ``ISNET_TRAIN_BATCH`` | ``2`` | training batch size |
 | ``ISNET_TRAIN_CROP`` | ``0`` (320 on CPU, else input size) | side of the random training crops (at input size) |
-| ``ISNET_TRAIN_SCALES`` | ``""`` | whole-image multi-scale training, e.g. ``1024,320`` (steps cycle through the sides; no crops) |
+| ``ISNET_TRAIN_SCALES`` | ``""`` | whole images at these sides in turn, e.g. ``1024,320`` (instead of crops) |
 | ``ISNET_TRAIN_LR`` | ``0.00001`` | Adam learning rate of the fine-tuning (1e-4 measurably hurt the pretrained model) |
 | ``ISNET_TRAIN_FEATURE_LOSS`` | ``mse`` | GT-encoder supervision: ``mse``, ``l1``, ``smooth_l1``, ``kl``, ``off`` |
 | ``ISNET_TRAIN_GT_ITERS`` | ``2000`` | GT encoder stage cap (it stops at max F 0.99 on the training masks) |
