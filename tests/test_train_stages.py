@@ -103,3 +103,11 @@ def test_multi_scale_training_feeds_whole_images_at_each_scale_in_turn(pairs):
 def test_scales_are_checked_like_input_sizes():
     with pytest.raises(ValueError):
         dataclasses.replace(OPTIONS, scales=(64, 33)).validate()
+
+
+def test_training_scales_come_from_the_environment(monkeypatch):
+    from backend.settings import load
+
+    monkeypatch.setenv("ISNET_TRAIN_SCALES", "1024, 320")
+    options = TrainOptions.from_settings(load())
+    assert options.scales == (1024, 320) and options.geometry(0) == (1024, 1024, 1.0)
