@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fine-tune the current model on labelled pairs (GT encoder + feature loss), evaluate, promote",
         description="One retraining cycle as in the DIS paper: a GT encoder is trained to reconstruct the masks, "
         "then the current model is fine-tuned with side-output BCE plus feature-level supervision against "
-        "that encoder, on random crops of images resized to the serving size. The current model (champion) "
+        "that encoder, on random crops of images resized to the serving size (or, with --scales, on whole "
+        "images at each given size in turn). The current model (champion) "
         "and the new one (challenger) are scored on held-out pairs at the serving size; the challenger "
         "becomes current only if the promotion rule allows. Pairs are IMAGES/NAME.* with MASKS/NAME.*; "
         "unreadable pairs are skipped and listed. An interrupted cycle with the same data and options "
