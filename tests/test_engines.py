@@ -124,6 +124,21 @@ def test_int8_engine_is_static_per_channel_qdq(env, version, engines):
     assert per_channel, "weight scales are per output channel"
 
 
+def test_int8_keeps_activations_uint8_between_convolutions(env, version, engines):
+    """ReLUs fold into their convolutions' ranges; adds and pools run between a DQ and a Q, so
+    onnxruntime fuses them into uint8 kernels instead of going through float."""
+    graph = onnx.load(str(EngineStore(version, env).engine_file("int8"))).graph
+    producer = {out: n.op_type for n in graph.node for out in n.output}
+    consumers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    assert not [n for n in graph.node if n.op_type == "Relu"]
+    for node in (n for n in graph.node if n.op_type in ("Add", "MaxPool")):
+        assert {producer[i] for i in node.input} == {"DequantizeLinear"}, node.name
+        assert set(consumers[node.output[0]]) == {"QuantizeLinear"}, node.name
+
+
 def test_int8_keeps_the_image_and_logit_convolutions_in_float(env, version, engines):
     model = onnx.load(str(EngineStore(version, env).engine_file("int8")))
     inits = {i.name for i in model.graph.initializer}
