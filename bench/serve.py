@@ -14,7 +14,7 @@ For the 3000x2000 fixture (``bike.jpeg``) at one input size (default 1024):
 
 The server runs with its result cache off (``ISNET_CACHE_MB=0``): every request is computed.
 
-    .venv/bin/python bench/serve.py [--size 1024] [--reps 5] [--concurrency 8]
+    .venv/bin/python bench/serve.py [--size 1024] [--reps 9] [--concurrency 8]
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def predict(url: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
 
