@@ -21,7 +21,6 @@ from backend import __version__
 from backend.metrics.evaluator import Evaluation
 from backend.metrics.issues import KINDS
 from backend.metrics.measures import BETA2, COLUMNS, LOWER_IS_BETTER
-from backend.metrics.plots import plot_curves
 
 SCHEMA = "isnet-evaluate/1"
 JSON_NAME = "metrics.json"
@@ -161,5 +160,9 @@ def write_report(report: dict[str, Any], out_dir: Path, digits: int = 3) -> list
                              [[i["name"], *(i.get(c) for c in COLUMNS), *(i.get(c) for c in extra)]
                               for i in report["per_image"]]))
     if report["curves"]:
+        # Imported here: matplotlib is a quarter of a second that every evaluation worker
+        # process would otherwise import for nothing (they import this package).
+        from backend.metrics.plots import plot_curves
+
         written += plot_curves([(report["name"], report["curves"])], out_dir)
     return written
