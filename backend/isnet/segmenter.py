@@ -1,9 +1,9 @@
 """Image in, mask out: the seed's pre- and post-processing around an engine.
 
 This is the only place where sizes change. Pre-processing follows the official DIS inference:
-RGB, bilinear resize to ``size x size`` (of the uint8 pixels), ``/255``, mean 0.5, std 1.0. Post-processing takes
-the first side output (already a sigmoid), min-max normalises it, resizes it back to the
-original size (bilinear) and scales to 0-255.
+RGB, bilinear resize of the uint8 pixels to ``size x size``, ``/255``, mean 0.5, std 1.0.
+Post-processing takes the first side output (already a sigmoid), min-max normalises it,
+resizes it back to the original size (bilinear) and scales to 0-255.
 """
 
 from __future__ import annotations

@@ -43,13 +43,9 @@ values; the ranges stretch to cover them and the usual values lose resolution. C
 1.3 GB. ``isnet engine build ... --size 1024`` still does it.
 """
 INT8_OP_TYPES = ("Conv", "Relu", "MaxPool", "Concat", "Add", "Resize")
-"""The ops int8 quantises (and calibrates). Convolutions alone left every ReLU, residual add,
-pool, upsample and concatenation in float, each between a DequantizeLinear and a
-QuantizeLinear with NCHW/NHWC transposes around it: half of the int8 time at 1024. Quantised,
-onnxruntime fuses them into QLinearConcat, QLinearAdd and NHWC uint8 pooling, and a ReLU folds
-into its convolution's output range: 2.66x instead of 2.16x the speed of fp32 at 1024 on an
-AVX-512 VNNI CPU, with masks as close to fp32's (see :mod:`backend.isnet.engines.quantize`).
-"""
+"""The ops int8 quantises (and calibrates): convolutions and the ops between them, so
+activations stay uint8 from one convolution to the next. Why, and what it was measured to
+cost and gain: :mod:`backend.isnet.engines.quantize`. Part of the recipe hash."""
 FORMAT = 2
 """Bumped whenever export or quantisation changes what a config builds: old files stop matching."""
 
