@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import signal
@@ -78,6 +79,31 @@ def test_the_rule_decides_promotion_and_the_next_cycle_starts_from_the_current_v
     rows = json.loads((registry.root / "history.json").read_text())["cycles"]
     assert [(r["version"], r["promote"], r["current"]) for r in rows] == [
         (first.version, True, True), (second.version, False, False)]
+
+
+def test_the_history_lists_cycles_in_the_order_they_ran_even_within_one_second(
+        tiny_settings, tiny_pairs, monkeypatch):
+    images, masks = tiny_pairs(6)
+    registry = ModelRegistry(tiny_settings)
+    # Both cycles finish within one second of the clock, and the later one's random name
+    # suffix sorts first, as happens half the time when two cycles finish that close.
+    one_second = time.gmtime()
+    monkeypatch.setattr("backend.isnet.registry.time.gmtime", lambda *_: one_second)
+    suffixes = iter(["ffffff", "000000"])
+    monkeypatch.setattr("backend.isnet.registry.secrets.token_hex", lambda _n: next(suffixes))
+    ticks = iter(range(1, 1_000_000))
+
+    class SameSecond(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 1, 12, 0, 0, next(ticks), tzinfo=tz)
+
+    monkeypatch.setattr("backend.isnet.training.cycle.datetime", SameSecond)
+    first = run_cycle((images, masks), tiny_settings, OPTIONS, networks=TINY)
+    second = run_cycle((images, masks), tiny_settings, OPTIONS, networks=TINY)
+    assert second.version < first.version
+    rows = json.loads((registry.root / "history.json").read_text())["cycles"]
+    assert [r["version"] for r in rows] == [first.version, second.version]
 
 
 def test_unreadable_items_are_skipped_and_listed_in_the_cycle_report(tiny_settings, tiny_pairs):

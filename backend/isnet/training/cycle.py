@@ -301,4 +301,7 @@ def _resume_info(state: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """UTC time to the microsecond: the history is ordered by it, and two cycles (or a test's
+    two quick cycles) can finish within the same second, whose version names then sort by
+    their random suffix, not by age."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
