@@ -1,14 +1,20 @@
 """`backend.metrics`: PySODMetrics' golden values, merge = single process, pairing and decoding rules."""
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import py_sod_metrics as psm
 import pytest
 from PIL import Image
 
-from backend.metrics import COLUMNS, MetricSuite, evaluate_predictions, pair_folders
+from backend.metrics import COLUMNS, Evaluator, MetricSuite, evaluate_predictions, pair_folders
+from backend.metrics.evaluator import _context
 from backend.metrics.issues import Issue, blocking, summarize
 from backend.metrics.masks import MaskError, SizeMismatch, align, read_mask, same_aspect
 from backend.metrics.pairing import PairingError
@@ -86,7 +92,8 @@ def test_parallel_equals_single_process_and_plain_pysodmetrics(duts_subset):
     parallel = evaluate_predictions(pairs, issues, workers=2, chunk_size=3, progress=False)
     pool_only = evaluate_predictions(pairs, issues, workers=3, chunk_size=4, progress=False,
                                      inline_while_starting=False)
-    for other in (parallel, pool_only):
+    guided = evaluate_predictions(pairs, issues, workers=2, progress=False)
+    for other in (parallel, pool_only, guided):
         assert single.count == other.count == 40
         assert single.metrics == other.metrics
         assert single.curves == other.curves
@@ -202,3 +209,53 @@ def test_issue_kinds_are_checked():
     with pytest.raises(ValueError):
         Issue("no_such_kind", "x")
     assert Issue("resized", "x").blocking is False and Issue("unreadable", "x").blocking is True
+
+
+def test_chunks_shrink_to_single_samples_so_workers_finish_together():
+    evaluator = Evaluator(workers=2, progress=False)
+    sizes, taken = [], 0
+    while taken < 500:
+        sizes.append(evaluator._chunk_size(500, taken))
+        taken += sizes[-1]
+    assert max(sizes) == 16 and sizes == sorted(sizes, reverse=True)
+    assert sizes[-4:] == [1] * 4
+
+
+def test_evaluation_workers_start_without_scikit_learn():
+    # PySODMetrics' package imports scikit-learn for a camouflage measure the evaluator never
+    # uses; the fork server defers it, so no worker waits for it.
+    with ProcessPoolExecutor(1, mp_context=_context()) as pool:
+        question = "sorted(m for m in ('py_sod_metrics', 'sklearn') if m in __import__('sys').modules)"
+        imported = pool.submit(eval, question)
+        assert imported.result(timeout=120) == ["py_sod_metrics"]
+
+
+def test_the_deferred_context_measure_imports_the_real_one_when_used():
+    script = textwrap.dedent("""
+        import sys
+        import backend.metrics.preload
+        import py_sod_metrics as psm
+        assert "sklearn" not in sys.modules
+        measure = psm.ContextMeasure()
+        assert type(measure).__module__ == "py_sod_metrics.context_measure"
+        assert "sklearn" in sys.modules and hasattr(psm.context_measure, "CamouflageContextMeasure")
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_importing_one_metrics_module_does_not_import_pysodmetrics():
+    script = "import sys, backend.metrics.masks; print('py_sod_metrics' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_workers_that_die_at_start_fail_the_evaluation_with_a_clear_error(duts_subset, monkeypatch):
+    gt_dir, pred_dir = duts_subset
+    pairs, issues = pair_folders(gt_dir, pred_dir)
+    dying = lambda self: ProcessPoolExecutor(self.workers, mp_context=_context(), initializer=os._exit,  # noqa: E731
+                                             initargs=(3,))
+    monkeypatch.setattr(Evaluator, "_start_pool", dying)
+    with pytest.raises(RuntimeError, match="worker processes could not be started"):
+        evaluate_predictions(pairs, issues, workers=2, progress=False)

@@ -8,6 +8,11 @@ and the averages are bit-identical (``workers=1`` runs the same chunks inline).
 
 Each file is decoded once, in the worker that evaluates it; the parent only pairs names
 (and, for ``evaluate_segmenter``, runs the model while workers score earlier masks).
+
+Why it is as fast as 2 cores allow, first run included: the workers come from a fork server
+that imports the metrics without scikit-learn (:mod:`backend.metrics.preload`); while it
+starts, the parent scores samples one at a time; and chunks shrink to single samples at the
+end, so no worker idles while another finishes a long chunk.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -164,19 +170,23 @@ def _context() -> multiprocessing.context.BaseContext:
     """
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
+        # ``preload`` first: it keeps scikit-learn out of the server (and so out of every worker).
+        ctx.set_forkserver_preload(["backend.metrics.preload", __name__])
         return ctx
     return multiprocessing.get_context("spawn")
 
 
-def _chunks(samples: Iterable[Sample], size: int) -> Iterator[tuple[int, list[Sample]]]:
+def _chunks(samples: Iterable[Sample], sizes: Callable[[int], int]) -> Iterator[tuple[int, list[Sample]]]:
+    """Consecutive samples cut into chunks; ``sizes(n)`` is the size of the chunk after ``n`` samples."""
     chunk: list[Sample] = []
-    index = 0
+    index = taken = 0
+    size = sizes(0)
     for sample in samples:
         chunk.append(sample)
         if len(chunk) == size:
             yield index, chunk
-            chunk, index = [], index + 1
+            taken += size
+            chunk, index, size = [], index + 1, sizes(taken)
     if chunk:
         yield index, chunk
 
@@ -200,12 +210,16 @@ class Evaluator:
         self.progress = progress
         self.desc = desc
 
-    def _chunk_size(self, total: int) -> int:
-        # Small enough that the last chunks finish together (no idle worker at the end), large
-        # enough that pickling a suite per chunk is noise: 16 chunks per worker, 1..16 samples.
+    def _chunk_size(self, total: int, taken: int) -> int:
+        """Size of the next chunk once ``taken`` of ``total`` samples are handed out.
+
+        Guided scheduling: chunks of up to 16 samples while much is left (pickling one suite
+        per chunk is then noise), shrinking to single samples at the end, so the workers run
+        out of work together instead of one finishing a long last chunk while the others idle.
+        """
         if self.chunk_size:
             return self.chunk_size
-        return max(1, min(16, math.ceil(total / (self.workers * 16))))
+        return max(1, min(16, math.ceil((total - taken) / (self.workers * 4))))
 
     def run(self, samples: Iterable[Sample], total: int, issues: Iterable[Issue] = ()) -> Evaluation:
         """Evaluate ``samples`` (``total`` of them, for the bar); ``issues`` found before are kept first.
@@ -215,8 +229,13 @@ class Evaluator:
         """
         start = time.perf_counter()
         results: list[ChunkResult] = []
-        chunks = _chunks(samples, self._chunk_size(total))
         pool = self._start_pool() if self.workers > 1 else None
+        started = threading.Event()
+        if pool is None:
+            started.set()
+        # While the workers start, this process scores one sample at a time, so it can hand
+        # over to them the moment they are up.
+        chunks = _chunks(samples, lambda taken: self._chunk_size(total, taken) if started.is_set() else 1)
         bar = tqdm(total=total, desc=self.desc, unit="img", disable=not self.progress, file=sys.stderr)
         finished = False
         try:
@@ -225,7 +244,7 @@ class Evaluator:
                     results.append(evaluate_chunk(chunk, index, self.resize, self.max_pixels))
                     bar.update(len(chunk))
             else:
-                results = self._run_pool(pool, chunks, bar)
+                results = self._run_pool(pool, chunks, bar, started)
             finished = True
         finally:
             bar.close()
@@ -248,7 +267,7 @@ class Evaluator:
         return ProcessPoolExecutor(self.workers, mp_context=_context(), initializer=_init_worker)
 
     def _run_pool(self, pool: ProcessPoolExecutor, chunks: Iterator[tuple[int, list[Sample]]],
-                  bar: tqdm) -> list[ChunkResult]:
+                  bar: tqdm, started: threading.Event) -> list[ChunkResult]:
         results: list[ChunkResult] = []
         pending: dict[Future[ChunkResult], int] = {}
 
@@ -260,21 +279,46 @@ class Evaluator:
                     results.append(future.result())
 
         # Starting the workers (a fork server importing PySODMetrics: a second or more) is not
-        # idle time: until every worker answers, this process scores the chunks itself.
-        starting = [pool.submit(_ready) for _ in range(self.workers)]
+        # idle time: the first submit blocks until the fork server is up, so it is made from a
+        # helper thread, and until every worker answers this process scores the chunks itself.
+        starting: list[Future[bool]] = []
+        failed: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                for _ in range(self.workers):
+                    starting.append(pool.submit(_ready))
+                wait(starting)
+            except BaseException as exc:  # handed to the caller below
+                failed.append(exc)
+            finally:
+                started.set()
+
+        def check_started() -> None:
+            starter.join()
+            errors = failed + [f.exception() for f in starting if f.exception() is not None]
+            if errors:  # a pool that never started is an error, even if the parent did all the work
+                raise RuntimeError(f"the evaluation worker processes could not be started: {errors[0]!r}") \
+                    from errors[0]
+
+        starter = threading.Thread(target=start, name="evaluator-pool-start", daemon=True)
+        starter.start()
         if not self.inline_while_starting:
-            wait(starting)
+            started.wait()
+        checked = False
         for index, chunk in chunks:
-            if not all(future.done() for future in starting):
+            if not started.is_set():
                 results.append(evaluate_chunk(chunk, index, self.resize, self.max_pixels))
                 bar.update(len(chunk))
                 continue
+            if not checked:
+                check_started()
+                checked = True
             pending[pool.submit(evaluate_chunk, chunk, index, self.resize, self.max_pixels)] = len(chunk)
             # Bounded in flight: masks produced by the model wait in memory only this long.
             collect(lambda: len(pending) >= 4 * self.workers)
         collect(lambda: True)
-        for future in starting:
-            future.result()  # a pool that never started is an error, even if the parent did all the work
+        check_started()
         return results
 
 
