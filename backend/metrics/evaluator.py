@@ -278,47 +278,43 @@ class Evaluator:
                     bar.update(pending.pop(future))
                     results.append(future.result())
 
-        # Starting the workers (a fork server importing PySODMetrics: a second or more) is not
+        # Starting the workers (a fork server importing the metrics: a third of a second or more) is not
         # idle time: the first submit blocks until the fork server is up, so it is made from a
         # helper thread, and until every worker answers this process scores the chunks itself.
-        starting: list[Future[bool]] = []
-        failed: list[BaseException] = []
+        failed: list[BaseException] = []  # written before ``started`` is set, read after
 
         def start() -> None:
             try:
-                for _ in range(self.workers):
-                    starting.append(pool.submit(_ready))
+                starting = [pool.submit(_ready) for _ in range(self.workers)]
                 wait(starting)
+                failed.extend(f.exception() for f in starting if f.exception() is not None)
             except BaseException as exc:  # handed to the caller below
                 failed.append(exc)
             finally:
                 started.set()
 
-        def check_started() -> None:
-            starter.join()
-            errors = failed + [f.exception() for f in starting if f.exception() is not None]
-            if errors:  # a pool that never started is an error, even if the parent did all the work
-                raise RuntimeError(f"the evaluation worker processes could not be started: {errors[0]!r}") \
-                    from errors[0]
+        def raise_if_failed() -> None:
+            # A pool that never started is an error, even where the parent did all the work.
+            if failed:
+                raise RuntimeError(f"the evaluation worker processes could not be started: {failed[0]!r}") \
+                    from failed[0]
 
         starter = threading.Thread(target=start, name="evaluator-pool-start", daemon=True)
         starter.start()
         if not self.inline_while_starting:
             started.wait()
-        checked = False
         for index, chunk in chunks:
             if not started.is_set():
                 results.append(evaluate_chunk(chunk, index, self.resize, self.max_pixels))
                 bar.update(len(chunk))
                 continue
-            if not checked:
-                check_started()
-                checked = True
+            raise_if_failed()
             pending[pool.submit(evaluate_chunk, chunk, index, self.resize, self.max_pixels)] = len(chunk)
             # Bounded in flight: masks produced by the model wait in memory only this long.
             collect(lambda: len(pending) >= 4 * self.workers)
         collect(lambda: True)
-        check_started()
+        starter.join()
+        raise_if_failed()
         return results
 
 

@@ -50,15 +50,14 @@ class _StandIn(types.ModuleType):
         return getattr(_real_module(), name)
 
 
-def install() -> bool:
-    """Register the stand-in unless PySODMetrics is already imported; True if it was."""
+def install() -> None:
+    """Register the stand-in unless PySODMetrics is already imported."""
     if "py_sod_metrics" in sys.modules or DEFERRED_MODULE in sys.modules:
-        return False
+        return
     stand_in = _StandIn(DEFERRED_MODULE, __doc__)
     for name in DEFERRED_NAMES:
         setattr(stand_in, name, _deferred_class(name))
     sys.modules[DEFERRED_MODULE] = stand_in
-    return True
 
 
 install()
