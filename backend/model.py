@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.interactive import InteractiveAnnotator, has_prompts
 from backend.isnet.images import ImageError, load_image
 from backend.labelstudio.auth import LabelStudioAuth
 from backend.labelstudio.config import BrushTarget, LabelConfigError, parse_label_config
@@ -98,6 +99,7 @@ class ISNetModel:
         self._fetcher = ImageFetcher(
             self.settings, LabelStudioAuth(self.settings.label_studio_url, self.settings.label_studio_api_key)
         )
+        self.interactive: InteractiveAnnotator | None = None
 
     # -- label-studio-ml interface ----------------------------------------------------------
 
@@ -109,6 +111,8 @@ class ISNetModel:
                 self.service.start()
                 # Without Redis, background pre-annotation shares this one inference thread.
                 hooks.attach_inference(self.service)
+            if self.interactive is None:
+                self.interactive = InteractiveAnnotator(self.settings, self.service, lambda: self._fetcher)
         return self.model_version
 
     @property
@@ -137,11 +141,13 @@ class ISNetModel:
         deferred tasks) and ``deadline`` (``time.monotonic()`` value; default now + budget).
         Raises :class:`LabelConfigError` for a config without a usable ``BrushLabels``.
         """
-        if self.service is None:
+        if self.service is None or self.interactive is None:
             self.setup()
         assert self.service is not None
         target = self.check_label_config(kwargs.get("label_config") or "")
         deadline = kwargs.get("deadline") or time.monotonic() + self.settings.predict_budget
+        if has_prompts(context) and len(tasks) == 1:
+            return [self._interactive(tasks[0], context or {}, kwargs["label_config"], target, deadline)]
         priority = PRIORITY_INTERACTIVE if len(tasks) == 1 else PRIORITY_BATCH
         version = self.service.model_version
         answers: list[dict[str, Any] | None] = [None] * len(tasks)
@@ -273,6 +279,19 @@ class ISNetModel:
             answers[i] = {"result": result, "score": score, "model_version": outcome.model_version}
             self.stats.incr("tasks.predicted")
         return outcome.model_version
+
+    def _interactive(self, task: dict[str, Any], context: dict[str, Any], label_config: str,
+                     target: BrushTarget, deadline: float) -> dict[str, Any]:
+        """A smart-tool prompt: that object's brush region(s), or an empty result and a logged reason."""
+        assert self.interactive is not None
+        self.stats.incr("interactive.requests")
+        try:
+            return self.interactive.predict(task, context, label_config, target, deadline, current_request_id())
+        except (TaskImageError, ImageError, FetchError) as exc:
+            return self._failed(task, exc)
+        except Exception as exc:  # a bug in one prompt must not become a 500 in the editor
+            log.exception("interactive prompt on task %s failed", task.get("id"))
+            return self._failed(task, exc)
 
     def _failed(self, task: dict[str, Any], exc: Exception) -> dict[str, Any]:
         task_id = task.get("id") if isinstance(task, dict) else None

@@ -116,6 +116,7 @@ class _Job:
     deadline: float = field(compare=False)
     request_id: str = field(compare=False)
     future: Future = field(compare=False)
+    size: int | None = field(default=None, compare=False)
 
 
 class InferenceService:
@@ -182,11 +183,15 @@ class InferenceService:
         return min(count, int(remaining // self.seconds_per_image))
 
     def predict(self, images: Sequence[np.ndarray], deadline: float, priority: int = PRIORITY_BATCH,
-                request_id: str = "-") -> InferenceOutcome:
-        """Masks for ``images`` as one engine batch; blocks until the inference thread is done."""
+                request_id: str = "-", size: int | None = None) -> InferenceOutcome:
+        """Masks for ``images`` as one engine batch; blocks until the inference thread is done.
+
+        ``size`` runs the same engine at another input size (interactive crops); the default is
+        the serving size.
+        """
         if not images:
             return InferenceOutcome(self.model_version, [])
-        return self._submit(images, deadline, priority, request_id).result()
+        return self._submit(images, deadline, priority, request_id, size).result()
 
     def describe(self) -> dict[str, Any]:
         busy = self._busy_since
@@ -205,10 +210,11 @@ class InferenceService:
 
     # -- the inference thread -----------------------------------------------------------
 
-    def _submit(self, images: Sequence[np.ndarray], deadline: float, priority: int, request_id: str) -> Future:
+    def _submit(self, images: Sequence[np.ndarray], deadline: float, priority: int, request_id: str,
+                size: int | None = None) -> Future:
         if self._thread is None or not self._thread.is_alive():
             raise RuntimeError("the inference thread is not running")
-        job = _Job(priority, next(self._seq), images, deadline, request_id, Future())
+        job = _Job(priority, next(self._seq), images, deadline, request_id, Future(), size)
         self._queue.put(job)
         return job.future
 
@@ -246,6 +252,8 @@ class InferenceService:
         n = len(job.images)
         masks: list[np.ndarray | None] = []
         self._busy_since = start = time.monotonic()
+        if job.size is not None and job.size != self._segmenter.size:
+            return self._run_resized(job, start)
         if self.seconds_per_image is None and n > 1 and self.fits(1, job.deadline):
             masks.extend(self._timed(job.images[:1]))  # nothing measured yet: one image tells the speed
         k = self.fits(n - len(masks), job.deadline)
@@ -253,6 +261,16 @@ class InferenceService:
             masks.extend(self._timed(job.images[len(masks):len(masks) + k]))
         elapsed = time.monotonic() - start
         return InferenceOutcome(self._version.name, masks + [None] * (n - len(masks)), elapsed)
+
+    def _run_resized(self, job: _Job, start: float) -> InferenceOutcome:
+        """A job at another input size: the same engine, not folded into the serving-size speed."""
+        assert job.size is not None
+        if time.monotonic() >= job.deadline:
+            return InferenceOutcome(self._version.name, [None] * len(job.images), 0.0)
+        masks = Segmenter(self._segmenter.engine, job.size).predict(job.images)
+        self.images_done += len(job.images)
+        self.batches_done += 1
+        return InferenceOutcome(self._version.name, list(masks), time.monotonic() - start)
 
     def _timed(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """One engine batch, folded into the seconds-per-image estimate."""
