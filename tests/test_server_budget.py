@@ -17,6 +17,8 @@ CONFIG = (
 )
 BUDGET_S = 3
 TASKS = 40
+FAILING = {1}
+"""Tasks whose image is missing: answered at once with an empty ``result`` (position 1 is in the first chunk)."""
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +31,20 @@ def backend(serve_backend, random_checkpoint, image_host, tmp_path_factory):
     })
 
 
+def size_of(i: int) -> tuple[int, int]:
+    """Task ``i``'s image size: every task's differs, so an answer's region names the task it belongs to."""
+    return 600 - 3 * i, 400 + 2 * i
+
+
 @pytest.fixture(scope="module")
 def answered(backend, image_host):
     base = Image.open(image_host.root / "0003.jpeg").convert("RGB")
     tasks = []
     for i in range(TASKS):
         buf = io.BytesIO()
-        base.rotate(i * 5 + 3).save(buf, "JPEG", quality=90)
-        tasks.append({"id": 1000 + i, "project": 9, "data": {"image": image_host.add(f"big-{i}.jpeg", buf.getvalue())}})
+        base.rotate(i * 5 + 3).resize(size_of(i)).save(buf, "JPEG", quality=90)
+        path = f"/missing-{i}.jpeg" if i in FAILING else image_host.add(f"big-{i}.jpeg", buf.getvalue())
+        tasks.append({"id": 1000 + i, "project": 9, "data": {"image": path}})
     start = time.monotonic()
     response = requests.post(backend.url + "/predict", timeout=100,
                              json={"tasks": tasks, "project": "9.1795550339", "label_config": CONFIG})
@@ -49,6 +57,16 @@ def test_every_task_gets_exactly_one_entry_in_order(answered):
     results, _, _ = answered
     assert len(results) == TASKS
     assert all(r["model_version"] for r in results)
+    answered_ones = [i for i, r in enumerate(results) if "result" in r]
+    assert set(answered_ones) >= FAILING, "the failed task is in the first chunk, which is always answered"
+    assert set(answered_ones) - FAILING, "at least one task predicted within the budget"
+    for i in answered_ones:  # the i-th entry belongs to the i-th task: failed ones empty, the others their size
+        if i in FAILING:
+            assert results[i]["result"] == [] and results[i]["score"] == 0.0, i
+            continue
+        assert results[i]["result"], f"task {i}: a min-max normalised map always has a region"
+        (region,) = results[i]["result"]
+        assert (region["original_width"], region["original_height"]) == size_of(i), i
 
 
 def test_the_answer_comes_within_the_budget_plus_one_batch(answered):
