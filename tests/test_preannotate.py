@@ -87,6 +87,7 @@ def test_every_task_gets_one_brush_prediction_of_the_current_version(ls, setting
         (prediction,) = ls.predictions_of(task_id)
         assert prediction["model_version"] == predictor.model_version
         assert 0.0 <= prediction["score"] <= 1.0
+        assert prediction["result"], "an untrained network's min-max normalised map still has a region"
         for region in prediction["result"]:
             assert (region["from_name"], region["to_name"], region["type"]) == ("tag", "image", "brushlabels")
             assert (region["original_width"], region["original_height"]) == (40, 30)
