@@ -14,7 +14,7 @@ import sys
 from backend import __version__
 from backend.settings import load
 
-SUBCOMMANDS = ("weights", "predict", "evaluate", "serve", "train", "engine", "preannotate")
+SUBCOMMANDS = ("weights", "predict", "evaluate", "serve", "train", "engine", "preannotate", "model")
 
 
 def build_parser() -> argparse.ArgumentParser:

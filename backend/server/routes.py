@@ -83,6 +83,15 @@ def setup() -> Response:
     return reply({"model_version": state().model.model_version})
 
 
+@bp.get("/versions")
+def versions() -> Response:
+    """Label Studio's model-version list (``GET /api/ml/{id}/versions`` asks here): every version in
+    the registry, the one ``/setup`` reports first (also given as ``current``)."""
+    model = state().model
+    current = model.model_version
+    return reply({"versions": model.watcher.registry.version_names(current), "current": current})
+
+
 @bp.post("/predict")
 def predict() -> Response:
     body = json_body()
