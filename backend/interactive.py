@@ -28,7 +28,7 @@ from backend.labelstudio.fetch import ImageFetcher
 from backend.labelstudio.prompts import PromptError, parse_prompts
 from backend.labelstudio.results import brush_result
 from backend.labelstudio.tasks import image_url, task_label
-from backend.server.inference import PRIORITY_INTERACTIVE, InferenceService
+from backend.server.inference import PRIORITY_PROMPT, InferenceService
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class InteractiveAnnotator:
         version = self.service.model_version
 
         def predict(crops: Sequence[np.ndarray]) -> list[np.ndarray]:
-            outcome = self.service.predict(crops, deadline, PRIORITY_INTERACTIVE, request_id,
+            outcome = self.service.predict(crops, deadline, PRIORITY_PROMPT, request_id,
                                            self.settings.interactive_size)
             if any(m is None for m in outcome.masks):
                 raise TimeoutError("the interactive prompt did not fit its deadline")
@@ -100,7 +100,7 @@ class InteractiveAnnotator:
         def whole() -> np.ndarray:
             key = ("whole", self.service.model_version)
             if key not in entry:
-                outcome = self.service.predict([image], deadline, PRIORITY_INTERACTIVE, request_id)
+                outcome = self.service.predict([image], deadline, PRIORITY_PROMPT, request_id)
                 if outcome.masks[0] is None:
                     raise TimeoutError("the whole-image prediction did not fit its deadline")
                 entry[key] = outcome.masks[0]

@@ -218,9 +218,6 @@ def test_model_list_marks_the_current_version_and_shows_recorded_metrics(registr
     assert [(v["name"], v["current"]) for v in listed][:2] == [(NEW, True), (OLD, False)]
 
 
-@pytest.mark.xfail(strict=True, reason="a cached result is looked up under the loaded network's version, which "
-                   "only changes when the next inference job runs (InferenceService.identity); until then a "
-                   "repeated image is answered under the version switched away from")
 def test_after_a_switch_a_repeated_image_is_answered_under_the_new_version(client, registry, new_image):
     path = new_image()
     assert predict_version(client, path) == registry.pretrained().name

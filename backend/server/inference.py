@@ -4,8 +4,8 @@ Why a dedicated thread: a forward pass at 1024 takes seconds of CPU, and Label S
 backend Disconnected when ``/health`` (1 s) or ``/setup`` (3 s) is late. Request threads only
 queue jobs here and wait; the network runs one job at a time (concurrent passes would only
 fight over the same cores and multiply memory), torch releases the GIL while it computes, and
-``/health`` never touches this thread. Jobs from single-task requests (an annotator opening a
-task) go before the chunks of a large "Retrieve predictions" batch.
+``/health`` never touches this thread. Smart-tool prompts go first, then single-task requests
+(an annotator opening a task), then the chunks of a large "Retrieve predictions" batch.
 
 Why deadlines live here: a job may wait behind others, so only when it starts is it known how
 much of its request's time is left. A job runs as many of its images as the measured
@@ -38,8 +38,11 @@ log = logging.getLogger(__name__)
 
 # Weight of the newest measurement in the seconds-per-image estimate.
 _EWMA = 0.3
-PRIORITY_INTERACTIVE = 0
-PRIORITY_BATCH = 1
+PRIORITY_PROMPT = 0
+"""A smart-tool prompt: an annotator waits in the editor."""
+PRIORITY_INTERACTIVE = 1
+"""A single-task ``/predict``: an annotator opened a task."""
+PRIORITY_BATCH = 2
 
 
 def load_segmenter(settings: Settings, version: ModelVersion) -> Segmenter:
@@ -170,8 +173,12 @@ class InferenceService:
 
     @property
     def identity(self) -> tuple[str, str, int]:
-        """(model version, engine, input size): what a cached result must match besides the image."""
-        return self._version.name, self._segmenter.engine.name, self._segmenter.size
+        """(model version, engine, input size): what a cached result must match besides the image.
+
+        The version is the one being served now, not the one loaded: after a switch, the next job
+        reloads first, so a result cached under the old version must not answer for the new one.
+        """
+        return self.watcher.current().name, self._segmenter.engine.name, self._segmenter.size
 
     def fits(self, count: int, deadline: float) -> int:
         """How many of ``count`` images one job could run before ``deadline`` if it started now."""

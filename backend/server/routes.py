@@ -104,8 +104,11 @@ def predict() -> Response:
     if not isinstance(label_config, str) or not label_config.strip():
         raise BadRequest('"label_config" is missing: send the project\'s labeling config')
     st = state()
-    if not st.predict_slots.acquire(blocking=False):
-        return error("busy: too many /predict requests at once; try again shortly", 503)
+    wait = st.slot_wait()
+    if not st.predict_slots.acquire(timeout=wait):
+        st.stats.incr("predict.refused")
+        return error(f"busy: no /predict slot came free within {wait:.0f} s, the time this request had left; "
+                     "try again shortly", 503)
     try:
         params = body.get("params") if isinstance(body.get("params"), dict) else {}
         results = st.model.predict(tasks, context=params.get("context"), label_config=label_config,
