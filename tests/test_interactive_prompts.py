@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.isnet.prompting import Box
+from backend.geometry import Box
 from backend.labelstudio.config import parse_label_config
 from backend.labelstudio.prompts import PromptError, parse_prompts
 

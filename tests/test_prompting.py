@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from backend.isnet.prompting import Box, Click, apply_clicks, expand, segment_box, segment_object
+from backend.geometry import Box, Click
+from backend.isnet.prompting import apply_clicks, expand, segment_box, segment_object
 
 
 class Bright:

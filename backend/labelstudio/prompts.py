@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.etree.ElementTree import Element
 
-from backend.isnet.prompting import Box, Click
+from backend.geometry import Box, Click
 from backend.labelstudio.config import BrushTarget, LabelConfigError, _kind, _label_names, _parse
 
 BOX_TYPES = frozenset({"rectanglelabels", "rectangle"})
