@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from backend.interactive import InteractiveAnnotator, has_prompts
+from backend.isnet import calibration_sample
 from backend.isnet.images import ImageError, load_image
 from backend.labelstudio.auth import LabelStudioAuth
 from backend.labelstudio.config import BrushTarget, LabelConfigError, parse_label_config
@@ -278,6 +279,7 @@ class ISNetModel:
             self.cache.put(key, (result, score), _result_bytes(result))
             answers[i] = {"result": result, "score": score, "model_version": outcome.model_version}
             self.stats.incr("tasks.predicted")
+            calibration_sample.offer(item.image, self.settings)  # int8 calibrates on served images
         return outcome.model_version
 
     def _interactive(self, task: dict[str, Any], context: dict[str, Any], label_config: str,

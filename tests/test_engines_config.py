@@ -31,8 +31,18 @@ def test_deploy_files_describe_what_serving_builds_by_default(dtype):
 
 def test_int8_file_is_the_vendors_recipe():
     config = load_config(DEPLOY / "isnet_int8.yaml")
-    assert (config.calibrate_mode, config.per_channel, config.calib_suffix) == ("kl_divergence", True, "jpg")
-    assert config.calib_dir == Path("../shared/data/duts-tr-300/images")
+    assert (config.calibrate_mode, config.per_channel, config.calib_num) == ("kl_divergence", True, 50)
+
+
+@pytest.mark.parametrize("path", sorted(DEPLOY.glob("*.yaml")), ids=lambda p: p.name)
+def test_deploy_files_name_no_data_so_int8_calibrates_on_the_default_images(path):
+    config = load_config(path)
+    assert (config.calib_dir, config.calib_suffix) == (None, None)
+
+
+def test_an_empty_dataset_path_means_the_default():
+    assert parse_config(_vendor_file(**{"dataset.path": ""})).calib_dir is None
+    assert parse_config(_vendor_file(**{"dataset.path": "imgs"})).calib_dir == Path("imgs")
 
 
 def test_command_line_values_override_the_file():

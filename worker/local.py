@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.isnet import calibration_sample
 from backend.server.inference import InferenceService
 from backend.settings import Settings
 from worker.jobs import ChunkOutcome, preannotate_tasks
@@ -79,7 +80,11 @@ class LocalRunner:
         return self._predictor_now().model_version
 
     def predict(self, images: Sequence[np.ndarray]) -> tuple[str, list[np.ndarray]]:
-        return self._predictor_now().predict(images)
+        """Masks for ``images``; each image is offered to the int8 calibration sample, as ``/predict`` does."""
+        version, masks = self._predictor_now().predict(images)
+        for image in images:
+            calibration_sample.offer(image, self.settings)
+        return version, masks
 
     def _predictor_now(self) -> Predictor:
         """The server's inference thread if attached, else a network of its own, loaded on first need."""

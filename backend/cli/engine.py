@@ -16,14 +16,18 @@ from backend.settings import Settings, check_input_size, load
 
 EPILOG = """\
 examples:
-  isnet engine build deploy/engines/isnet_int8.yaml --calib ../shared/data/duts-tr-300/images
-  isnet engine build deploy/engines/isnet_int8.yaml --size 1024 --num 50
+  isnet engine build deploy/engines/isnet_int8.yaml
+  isnet engine build deploy/engines/isnet_int8.yaml --calib my-images/ --size 1024 --num 50
   isnet engine list
   isnet engine measure --engine onnx-int8 --size 320 --images data/images --gt data/masks --out reports/int8-320
 
 Engines are cached under the model version's directory (MODEL_DIR/versions/NAME/engines) with
 a sidecar holding their sha256 and build config; a file that does not verify is rebuilt,
 never served. `measure` records accuracy and speed for ISNET_ENGINE=auto.
+
+int8 calibrates on --calib DIR, else the build file's dataset.path, else ISNET_CALIB_DIR, else
+the images this backend has segmented (up to ISNET_CALIB_SAMPLE of them, kept downsized in
+MODEL_DIR/calibration): serve some images first, or pass --calib.
 """
 
 
@@ -40,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     build = commands.add_parser("build", help="build (or find cached) the engine a build file describes")
     build.add_argument("config", type=Path, metavar="CONFIG.yaml", help="build file (see deploy/engines/)")
-    build.add_argument("--calib", type=Path, default=None, help="calibration image folder (overrides dataset.path)")
+    build.add_argument("--calib", type=Path, default=None,
+                       help="int8 calibration folder (default: dataset.path, ISNET_CALIB_DIR, else the images served)")
     build.add_argument("--num", type=int, default=None, help="calibration images (overrides get_data_num, 50)")
     build.add_argument("--size", type=int, default=None, help="input side (overrides frontend.shape)")
     build.add_argument("--model", default=None, help="model version (default: the current one)")

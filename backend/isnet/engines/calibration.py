@@ -1,9 +1,10 @@
 """Calibration images: which ones, and the exact tensors the served engine will see.
 
-Why its own module: int8 ranges are only as good as the data they were measured on. The
-images go through :func:`backend.isnet.images.load_image` and
-:func:`backend.isnet.segmenter.preprocess`, the functions serving uses, so calibration and
-serving cannot drift apart.
+Why its own module: int8 ranges are only as good as the data they were measured on, so by
+default they are the images the backend itself served (a retrained version: its cycle's
+training images), never a dataset a user may not have. The images go through
+:func:`backend.isnet.images.load_image` and :func:`backend.isnet.segmenter.preprocess`, the
+functions serving uses, so calibration and serving cannot drift apart.
 """
 
 from __future__ import annotations
@@ -15,31 +16,67 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.isnet.calibration_sample import sample_dir, sample_images
 from backend.isnet.engines.config import ConfigError, EngineConfig
 from backend.isnet.images import IMAGE_SUFFIXES, ImageError, load_image
 from backend.isnet.segmenter import preprocess
+from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def select_images(config: EngineConfig) -> list[Path]:
-    """``get_data_num`` images spread evenly over the folder's sorted images (recursively).
+MIN_SERVED_IMAGES = 16
+"""Fewer served images than this (or than ``get_data_num``, if smaller) give ranges too rough to build on."""
 
-    Evenly spread rather than the first N: datasets are often sorted by source or class, and
-    the ranges should see all of it. The choice is deterministic, so a rebuild is identical.
+
+def calibration_folder(config: EngineConfig, settings: Settings) -> tuple[Path, bool]:
+    """The folder int8 calibrates on, and whether it is the served sample.
+
+    In order: ``--calib DIR`` or the build file's ``dataset.path``, ``ISNET_CALIB_DIR``, else the
+    images the backend segmented (:mod:`backend.isnet.calibration_sample`): a fresh install has
+    no other data, and those are the images the engine will serve.
     """
-    folder = config.calib_dir
-    if folder is None:
+    if config.calib_dir is not None:
+        return config.calib_dir, False
+    if settings.calib_dir:
+        return Path(settings.calib_dir).expanduser(), False
+    return sample_dir(settings), True
+
+
+def _served_images(folder: Path, config: EngineConfig) -> list[Path]:
+    """The served sample, or an error saying what to do when it is still too small."""
+    files = sample_images(folder)
+    needed = min(MIN_SERVED_IMAGES, config.calib_num)
+    if len(files) < needed:
         raise ConfigError(
-            "int8 needs calibration images: set dataset.path in the build file, pass --calib DIR, "
-            "or set ISNET_CALIB_DIR"
+            f"int8 calibrates on images the backend has served, and {folder} holds {len(files)} "
+            f"(at least {needed} needed): serve some images first (Retrieve predictions in Label Studio, "
+            f"with ISNET_ENGINE=auto or onnx-fp32), or pass --calib DIR (or set ISNET_CALIB_DIR) "
+            "to calibrate on a folder of your own images"
         )
+    return files
+
+
+def _folder_images(folder: Path, config: EngineConfig) -> list[Path]:
+    """Every image under ``folder`` (recursively, sorted), of ``dataset.sampler.suffix`` if given."""
     if not folder.is_dir():
-        raise ConfigError(f"calibration folder {folder} does not exist")
+        raise ConfigError(f"calibration folder {folder} does not exist (pass --calib DIR or set ISNET_CALIB_DIR)")
     suffixes = {f".{config.calib_suffix.lower()}"} if config.calib_suffix else IMAGE_SUFFIXES
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
         raise ConfigError(f"no calibration images ({', '.join(sorted(suffixes))}) in {folder}")
+    return files
+
+
+def select_images(config: EngineConfig, settings: Settings) -> list[Path]:
+    """``get_data_num`` images spread evenly over the calibration folder's sorted images.
+
+    Evenly spread rather than the first N: datasets are often sorted by source or class, and
+    the ranges should see all of it. The choice is deterministic, so a rebuild is identical.
+    Which folder: :func:`calibration_folder`.
+    """
+    folder, served = calibration_folder(config, settings)
+    files = _served_images(folder, config) if served else _folder_images(folder, config)
     count = min(config.calib_num, len(files))
     return [files[i * len(files) // count] for i in range(count)]
 

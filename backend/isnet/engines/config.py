@@ -11,6 +11,10 @@ What is checked rather than configured: the preprocessing. An engine only ever s
 made by :func:`backend.isnet.segmenter.preprocess`, so calibrating it on anything else would
 build an engine for inputs it never gets; ``process_ops`` must describe exactly that
 preprocessing (resize to the input size, mean 0.5, std 1.0) or the file is refused.
+
+``dataset.path`` empty or absent means the default calibration images (``ISNET_CALIB_DIR``, else
+the images the backend served: :func:`backend.isnet.engines.calibration.calibration_folder`), so
+the files in ``deploy/engines`` name no data a user would not have.
 """
 
 from __future__ import annotations
@@ -218,7 +222,7 @@ def parse_config(data: dict[str, Any], name: str = "engine") -> EngineConfig:
 
 
 def load_config(path: Path) -> EngineConfig:
-    """Read a build file; relative ``dataset.path`` values are relative to the current directory."""
+    """Read a build file; a relative ``dataset.path`` is relative to the current directory, none is the default."""
     try:
         data = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError as exc:

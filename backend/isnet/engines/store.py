@@ -164,7 +164,7 @@ class EngineStore:
 
         Broken files are deleted; one whose recorded config could still be read is rebuilt with
         that config (so a custom build comes back as it was), otherwise the default recipe is
-        built, calibrated on ``ISNET_CALIB_DIR`` for int8.
+        built, int8 calibrated as :func:`~backend.isnet.engines.calibration.calibration_folder` says.
         """
         for artefact in self.scan()[0]:
             if artefact.serves(dtype):
@@ -195,7 +195,7 @@ class EngineStore:
         """Build ``config`` for this version unless a verified identical file exists; return its path."""
         from backend.isnet.engines import calibration
 
-        images = calibration.select_images(config) if config.dtype == "int8" else []
+        images = calibration.select_images(config, self.settings) if config.dtype == "int8" else []
         fingerprint = calibration.fingerprint(images) if images else ""
         dst = self.path_for(config, fingerprint)
         # fp16 and int8 are made from the fp32 export; get it before taking the lock.
