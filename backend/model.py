@@ -189,8 +189,8 @@ class ISNetModel:
             return {"status": "ignored", "action": event}
         if event == "TASKS_CREATED":  # pre-annotated under the version /setup reports now
             data = {**data, "model_version": self.model_version}
-        hooks.enqueue_event(event, project_id, data, self.settings)  # QueueUnavailable: /webhook answers 503
-        return {"status": "queued", "action": event}
+        # "queued", or "skipped" and why (no API key, no tasks...); QueueUnavailable: /webhook answers 503
+        return hooks.enqueue_event(event, project_id, data, self.settings).answer(event)
 
     # -- metrics --------------------------------------------------------------------------
 

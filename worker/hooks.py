@@ -6,8 +6,9 @@ record what they were given (in process, bounded, visible in ``GET /metrics``).
 :func:`enqueue_preannotation` (``/predict``'s overflow) and a ``TASKS_CREATED`` event given to
 :func:`enqueue_event` become pre-annotation jobs (:mod:`worker.queue`: RQ jobs of
 ``ISNET_PREANNOTATE_BATCH`` tasks, or the in-process thread without ``REDIS_URL``) that predict
-the tasks and write the predictions to Label Studio; the training issue gives the other events
-their jobs.
+the tasks and write the predictions to Label Studio; annotation events ask for a retraining
+cycle. :func:`enqueue_event` says what became of an event (:class:`Handover`), so ``/webhook``
+answers "queued" only when a job will really run, and "skipped" with the reason otherwise.
 
 Contract for the real pre-annotation job: write each prediction under ``model_version`` (the
 version ``/setup`` reports, else Label Studio hides it and predicts the task again), and skip
@@ -28,7 +29,7 @@ from backend.settings import Settings
 from worker import queue as work_queue
 from worker.queue import QueueUnavailable
 
-__all__ = ["QueueUnavailable", "enqueue_event", "enqueue_preannotation", "recorded"]
+__all__ = ["Handover", "QueueUnavailable", "enqueue_event", "enqueue_preannotation", "recorded"]
 
 MAX_RECORDED = 1000
 PREANNOTATE_EVENTS = frozenset({"TASKS_CREATED"})
@@ -50,11 +51,33 @@ class PreannotationRequest:
 
 
 @dataclass(frozen=True)
+class Handover:
+    """What became of a webhook event: ``queued`` (a job will run for it) or ``skipped``, and why."""
+
+    status: str
+    reason: str = ""
+
+    def answer(self, action: str) -> dict[str, Any]:
+        """The ``/webhook`` answer: status and action, and the reason when there is one."""
+        return {"status": self.status, "action": action, **({"reason": self.reason} if self.reason else {})}
+
+
+def _queued(reason: str = "") -> Handover:
+    return Handover("queued", reason)
+
+
+def _skipped(reason: str) -> Handover:
+    return Handover("skipped", reason)
+
+
+@dataclass(frozen=True)
 class WebhookEvent:
-    """One Label Studio webhook, as ``model.fit`` received it."""
+    """One Label Studio webhook, as ``model.fit`` received it, and what became of it."""
 
     action: str
     project_id: int | None
+    status: str = ""
+    reason: str = ""
     created: float = field(default_factory=time.time)
 
 
@@ -85,30 +108,72 @@ def enqueue_preannotation(project: str, task_ids: list[int], model_version: str,
     return item
 
 
-def enqueue_event(action: str, project_id: int | None, data: dict[str, Any],
-                  settings: Settings | None = None) -> WebhookEvent:
-    """Queue the work a webhook event asks for (training, dataset updates); returns at once.
+def enqueue_event(action: str, project_id: int | None, data: dict[str, Any], settings: Settings) -> Handover:
+    """Queue the work a webhook event asks for; returns at once, saying what really happened.
 
     ``TASKS_CREATED`` queues pre-annotation of the new tasks under ``data["model_version"]`` (the
     caller's current version); annotation events and ``START_TRAINING`` ask for one retraining
     cycle of the project (coalesced; ``START_TRAINING`` forces it past ``ISNET_MIN_NEW_LABELS``).
-    Raises :class:`QueueUnavailable` when Redis cannot be reached, so
-    ``/webhook`` can say so (503) instead of pretending the tasks were queued.
+    An event no job can serve (no project, no tasks, no API key for the in-process worker, a full
+    in-process queue) is ``skipped``, with the reason, and logged. Raises
+    :class:`QueueUnavailable` when Redis cannot be reached, so ``/webhook`` can say so (503)
+    instead of pretending the work was queued.
     """
-    item = WebhookEvent(action, project_id)
-    with _lock:
-        _events.append(item)
-    if action in PREANNOTATE_EVENTS and project_id is not None:
-        tasks = data.get("tasks") if isinstance(data.get("tasks"), list) else []
-        ids = [t.get("id") if isinstance(t, dict) else t for t in tasks]
-        ids = [i for i in ids if isinstance(i, int) and not isinstance(i, bool)]
-        if ids:
-            work_queue.submit(project_id, ids, str(data.get("model_version") or ""), settings)
-    elif action in RETRAIN_EVENTS and project_id is not None:
-        from worker import retrain_queue
+    try:
+        outcome = _hand_over(action, project_id, data, settings)
+    except QueueUnavailable as exc:
+        _record(WebhookEvent(action, project_id, "unavailable", str(exc)))
+        raise
+    _record(WebhookEvent(action, project_id, outcome.status, outcome.reason))
+    if outcome.status == "skipped":
+        log.warning("%s event of project %s skipped: %s", action, project_id, outcome.reason)
+    return outcome
 
-        retrain_queue.submit(project_id, force=action == "START_TRAINING", settings=settings)
-    return item
+
+def _record(event: WebhookEvent) -> None:
+    with _lock:
+        _events.append(event)
+
+
+def _hand_over(action: str, project_id: int | None, data: dict[str, Any], settings: Settings) -> Handover:
+    """Submit the event's job, or the reason why there is none."""
+    if action not in PREANNOTATE_EVENTS | RETRAIN_EVENTS:
+        return _skipped(f"{action} asks for no background work")
+    if project_id is None:
+        return _skipped("the event names no project id")
+    if not settings.redis_url and not settings.label_studio_api_key:
+        return _skipped("no LABEL_STUDIO_API_KEY: the in-process worker cannot read tasks or annotations from "
+                        "Label Studio nor write predictions (set LABEL_STUDIO_API_KEY)")
+    if action in PREANNOTATE_EVENTS:
+        return _preannotate(project_id, data, settings)
+    return _retrain(project_id, action == "START_TRAINING", settings)
+
+
+def _preannotate(project_id: int, data: dict[str, Any], settings: Settings) -> Handover:
+    """Pre-annotation jobs for the event's tasks; skipped when none could be queued."""
+    tasks = data.get("tasks") if isinstance(data.get("tasks"), list) else []
+    ids = [t.get("id") if isinstance(t, dict) else t for t in tasks]
+    ids = [i for i in ids if isinstance(i, int) and not isinstance(i, bool)]
+    if not ids:
+        return _skipped("the event lists no task ids")
+    parts = len(work_queue.chunks(ids, settings.preannotate_batch))
+    submitted = len(work_queue.submit(project_id, ids, str(data.get("model_version") or ""), settings))
+    if settings.redis_url:  # a chunk not submitted again is already queued under the same id
+        return _queued() if submitted else _queued("already queued")
+    if not submitted:
+        return _skipped(f"the in-process queue is full (ISNET_LOCAL_QUEUE={settings.local_queue} tasks waiting)")
+    if submitted < parts:
+        return _queued(f"{parts - submitted} of {parts} chunk(s) dropped: the in-process queue is full")
+    return _queued()
+
+
+def _retrain(project_id: int, force: bool, settings: Settings) -> Handover:
+    """A retraining cycle for the project (one already waiting takes this event in)."""
+    from worker import retrain_queue
+
+    if retrain_queue.submit(project_id, force=force, settings=settings) is None:
+        return _queued(f"joins the retraining cycle of project {project_id} already waiting")
+    return _queued()
 
 
 def _project_id(project: str) -> int | None:

@@ -5,7 +5,7 @@ thread borrows it (:class:`worker.predictor.ServicePredictor`, below every ``/pr
 inference queue) one small batch at a time, so an annotator waits at most for one batch. When
 more than ``ISNET_LOCAL_QUEUE`` tasks are waiting, new chunks are dropped with a log line
 ("Retrieve predictions" or ``isnet preannotate --missing`` fills them in later) instead of
-growing memory without bound.
+growing memory without bound; :func:`worker.hooks.enqueue_event` says so in the webhook answer.
 """
 
 from __future__ import annotations
