@@ -41,15 +41,19 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``ISNET_PREDICT_BUDGET`` | ``60`` | seconds per ``/predict`` (LS waits 100); the rest is queued for pre-annotation |
 | ``ISNET_PREDICT_BATCH`` | ``4`` | images per engine call; bounds memory (about 0.6 GB per image at 1024 on CPU) |
 | ``ISNET_CACHE_MB`` | ``256`` | memory for cached results (per image, version, engine, size, threshold); 0 = off |
-| ``ISNET_TRAIN_ITERS`` | ``1000`` | segmentation-stage iterations of one retraining cycle |
-| ``ISNET_TRAIN_BATCH`` | ``2`` | training batch size |
-| ``ISNET_TRAIN_CROP`` | ``0`` (320 on CPU, else input size) | side of the random training crops (at input size) |
-| ``ISNET_TRAIN_SCALES`` | ``""`` | whole images at these sides in turn, e.g. ``1024,320`` (instead of crops) |
-| ``ISNET_TRAIN_LR`` | ``0.00001`` | Adam learning rate of the fine-tuning (1e-4 measurably hurt the pretrained model) |
+| ``ISNET_TRAIN_BUDGET`` | ``30`` | minutes a retraining cycle may take in all; the step count fits what is left |
+| ``ISNET_TRAIN_ITERS`` | ``0`` (budget decides) | cap on segmentation steps (the step count when the budget is 0) |
+| ``ISNET_TRAIN_BATCH`` | ``0`` (1 CPU, 8 CUDA) | 1 whole image a CPU step, as in the measured gain; 8 + fp16 is DIS |
+| ``ISNET_TRAIN_CROP`` | ``0`` (whole image) | random crops instead of whole images (crops made 1024 5x worse) |
+| ``ISNET_TRAIN_SCALES`` | ``""`` (input size) | whole images at these sides in turn, e.g. ``1024,320`` |
+| ``ISNET_TRAIN_LR`` | ``0.00001`` | peak Adam lr: 1e-5 cut butterflies MAE 0.046 -> 0.037; 1e-4 hurt |
+| ``ISNET_TRAIN_SCHEDULE`` | ``cosine`` | warm-up, then decay to lr/10 at the step count the budget allows |
 | ``ISNET_TRAIN_FEATURE_LOSS`` | ``mse`` | GT-encoder supervision: ``mse``, ``l1``, ``smooth_l1``, ``kl``, ``off`` |
-| ``ISNET_TRAIN_GT_ITERS`` | ``2000`` | GT encoder stage cap (it stops at max F 0.99 on the training masks) |
+| ``ISNET_TRAIN_FEATURE_WEIGHT`` | ``0.02`` | feature loss vs side BCE (both measured gains used 0.02) |
+| ``ISNET_TRAIN_GT_ITERS`` | ``2000`` | GT encoder cap (it stops at max F 0.99; cached per labelled set) |
 | ``ISNET_HOLDOUT_FRACTION`` | ``0.2`` | share of labelled items held out (stable hash of the name) to judge a cycle |
-| ``ISNET_PROMOTE_RULE`` | ``mae_not_worse`` | ``<metric>_not_worse``/``_better`` (mae, sm...), ``always``/``never`` |
+| ``ISNET_PROMOTE_RULE`` | ``bootstrap`` | per-image MAE change's 95 % CI below 0; or ``mae_not_worse``, ``always``... |
+| ``ISNET_PROMOTE_MIN_HELDOUT`` | ``30`` | fewer held-out images are too few to judge (the champion stays) |
 | ``ISNET_MIN_NEW_LABELS`` | ``10`` | new or edited labels before an automatic cycle (Start training ignores it) |
 | ``ISNET_PREANNOTATE_BATCH`` | ``16`` | tasks per pre-annotation job (an import becomes many small jobs) |
 | ``ISNET_QUEUE`` | ``isnet-preannotate`` | RQ queue of pre-annotation and retraining jobs (``python -m worker``) |
@@ -121,16 +125,20 @@ class Settings:
     predict_budget: float = field(default_factory=lambda: float(_env("ISNET_PREDICT_BUDGET", "60")))
     predict_batch: int = field(default_factory=lambda: int(_env("ISNET_PREDICT_BATCH", "4")))
     cache_mb: float = field(default_factory=lambda: float(_env("ISNET_CACHE_MB", "256")))
-    train_iters: int = field(default_factory=lambda: int(_env("ISNET_TRAIN_ITERS", "1000")))
-    train_batch: int = field(default_factory=lambda: int(_env("ISNET_TRAIN_BATCH", "2")))
+    train_budget: float = field(default_factory=lambda: float(_env("ISNET_TRAIN_BUDGET", "30")))
+    train_iters: int = field(default_factory=lambda: int(_env("ISNET_TRAIN_ITERS", "0")))
+    train_batch: int = field(default_factory=lambda: int(_env("ISNET_TRAIN_BATCH", "0")))
     train_crop: int = field(default_factory=lambda: int(_env("ISNET_TRAIN_CROP", "0")))
     train_scales: tuple[int, ...] = field(
         default_factory=lambda: tuple(int(v) for v in _env_list("ISNET_TRAIN_SCALES")))
     train_lr: float = field(default_factory=lambda: float(_env("ISNET_TRAIN_LR", "0.00001")))
+    train_schedule: str = field(default_factory=lambda: _env("ISNET_TRAIN_SCHEDULE", "cosine").lower())
     train_feature_loss: str = field(default_factory=lambda: _env("ISNET_TRAIN_FEATURE_LOSS", "mse").lower())
+    train_feature_weight: float = field(default_factory=lambda: float(_env("ISNET_TRAIN_FEATURE_WEIGHT", "0.02")))
     train_gt_iters: int = field(default_factory=lambda: int(_env("ISNET_TRAIN_GT_ITERS", "2000")))
     holdout_fraction: float = field(default_factory=lambda: float(_env("ISNET_HOLDOUT_FRACTION", "0.2")))
-    promote_rule: str = field(default_factory=lambda: _env("ISNET_PROMOTE_RULE", "mae_not_worse").lower())
+    promote_rule: str = field(default_factory=lambda: _env("ISNET_PROMOTE_RULE", "bootstrap").lower())
+    promote_min_heldout: int = field(default_factory=lambda: int(_env("ISNET_PROMOTE_MIN_HELDOUT", "30")))
     min_new_labels: int = field(default_factory=lambda: int(_env("ISNET_MIN_NEW_LABELS", "10")))
     preannotate_batch: int = field(default_factory=lambda: int(_env("ISNET_PREANNOTATE_BATCH", "16")))
     queue_name: str = field(default_factory=lambda: _env("ISNET_QUEUE", "isnet-preannotate"))

@@ -74,7 +74,9 @@ def test_the_rule_decides_promotion_and_the_next_cycle_starts_from_the_current_v
     assert not second.promoted and registry.current_name() == first.version
     assert "never" in second.decision.reason
     assert second.champion == first.version
-    # The GT encoder came with the champion: it is checked before any further training.
+    # The first cycle's GT encoder is cached for these masks; it never reached the (unreachable) target,
+    # so it is refreshed: checked before any further training.
+    assert second.training["gt_encoder"]["source"] == "refreshed"
     assert second.training["gt_encoder"]["checks"][0]["step"] == 0
     rows = json.loads((registry.root / "history.json").read_text())["cycles"]
     assert [(r["version"], r["promote"], r["current"]) for r in rows] == [

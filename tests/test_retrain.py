@@ -102,3 +102,26 @@ def test_metrics_shows_the_latest_retraining_outcome(ls, settings):
     finally:
         model.service.stop()
     assert shown["project"] == PROJECT and shown["status"] == "skipped" and shown["labels"] == 1
+
+
+def test_each_cycle_starts_from_the_champion_and_trains_on_every_label_so_far(ls, tiny_settings, tmp_path):
+    import torch
+
+    from backend.isnet.training.tiny import TINY
+
+    settings = settings_for(ls, tiny_settings.weights, tmp_path / "models", promote_rule="always")
+    old = add_duts_tasks(ls, 4)
+    first = retrain_project(PROJECT, force=True, settings=settings, networks=TINY)
+    assert first["status"] == "promoted", first
+    new = add_duts_tasks(ls, 3, start=4)
+    second = retrain_project(PROJECT, settings=settings, networks=TINY)  # 3 new labels: the minimum
+
+    assert second["status"] == "promoted" and second["champion"] == first["version"]
+    assert second["used"] == 7 and second["trained_on"] + second["held_out"] == 7
+    manifest = json.loads((project_dir(settings, PROJECT).joinpath(second["dataset"]) / "manifest.json").read_text())
+    assert sorted(it["task_id"] for it in manifest["items"]) == sorted(old + new)  # the old labels are still in
+    checkpoint = torch.load(tmp_path / "models" / "versions" / second["version"] / "checkpoint.pth", weights_only=True)
+    assert checkpoint["meta"]["parent"] == first["version"]
+    shown = latest_report(settings)
+    assert shown["version"] == second["version"] and shown["cycle"]["status"] == "done"
+    assert shown["decision"]["evidence"]["n"] == second["held_out"]

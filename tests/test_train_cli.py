@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 
@@ -47,3 +48,33 @@ def test_isnet_train_refuses_an_existing_out_directory(tmp_path, tiny_pairs, cap
     images, masks = tiny_pairs(2)
     assert main(["train", "--images", str(images), "--masks", str(masks), "--out", str(tmp_path)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_label_studio_fed_cycles_use_the_same_defaults_as_isnet_train_without_flags(monkeypatch, tmp_path):
+    from backend.cli import build_parser
+    from backend.cli.train import options_from_args
+    from worker.retrain import cycle_options
+
+    for name in [n for n in os.environ if n.startswith(("ISNET_TRAIN_", "ISNET_PROMOTE_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ISNET_DEVICE", "cpu")
+    args = build_parser().parse_args(["train", "--images", str(tmp_path), "--masks", str(tmp_path)])
+    cli, label_studio = options_from_args(args, load()), cycle_options(load())
+    assert cli == label_studio
+    # The recipe that measurably taught the butterflies: whole images at the serving size, batch 1,
+    # lr 1e-5 (cosine to 1e-6), feature loss 0.02 against the GT encoder, steps from a 30 min budget.
+    assert (cli.size, cli.crop, cli.scales, cli.min_scale) == (1024, 1024, (), 1.0)
+    assert cli.geometry(7) == (1024, 1024, 1.0)
+    assert (cli.batch, cli.lr, cli.schedule, cli.feature_loss, cli.feature_weight) == (1, 1e-5, "cosine", "mse", 0.02)
+    assert (cli.iters, cli.budget_min, cli.amp) == (0, 30.0, False)
+    assert (cli.promote_rule, cli.min_heldout, cli.holdout_fraction) == ("bootstrap", 30, 0.2)
+
+    monkeypatch.setenv("ISNET_TRAIN_BUDGET", "12")  # one variable reaches both
+    assert options_from_args(args, load()) == cycle_options(load()) and cycle_options(load()).budget_min == 12
+
+
+def test_the_cuda_defaults_are_the_dis_recipe():
+    from backend.isnet.training import TrainOptions
+
+    options = TrainOptions(device="cuda").resolved()
+    assert (options.crop, options.batch, options.amp) == (1024, 8, True)

@@ -72,7 +72,11 @@ class Snapshot:
 
 
 def export_tasks(client: LabelStudioClient, project_id: int) -> list[dict[str, Any]]:
-    """Every annotated task of the project, with its annotations (Label Studio's JSON export)."""
+    """Every annotated task of the project, with its annotations (Label Studio's JSON export).
+
+    ``download_all_tasks=false`` is Label Studio's "only annotated tasks": in 1.23 it filters
+    ``annotations__isnull=False`` and nothing else (no page size, no "labeled" flag), so every
+    label ever saved is exported and each cycle's snapshot holds all of them, old and new."""
     answer = client.call("GET", f"/api/projects/{project_id}/export",
                          params={"exportType": "JSON", "download_all_tasks": "false"})
     return [t for t in answer or [] if isinstance(t, dict)]

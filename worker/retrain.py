@@ -9,7 +9,11 @@ on the same labels only if there are some (at least 1 label is always needed). A
 annotation is not a new label, but the next snapshot no longer contains it.
 
 Everything it decides is written to ``MODEL_DIR/datasets/project-<id>/state.json`` and the last
-outcome to ``MODEL_DIR/datasets/latest.json`` (what ``GET /metrics`` shows). Also runnable as
+outcome to ``MODEL_DIR/datasets/latest.json`` (what ``GET /metrics`` shows, with the running or
+last cycle's stage, step, ETA and loss from ``MODEL_DIR/training-status.json`` under ``cycle``).
+Each snapshot holds every label the project has (the export is of all annotated tasks), and the
+cycle starts from the current champion, so cycles accumulate what was taught. The options come
+from :func:`cycle_options`, the same defaults ``isnet train`` starts from. Also runnable as
 ``python -m worker.retrain --project ID [--force]``: the no-Redis server starts it that way, in
 a process of its own, so training never slows the server's threads.
 """
@@ -20,16 +24,21 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backend.labelstudio.config import parse_label_config
 from backend.labelstudio.fetch import ImageFetcher
 from backend.settings import Settings, load
 from worker.export import export_tasks, labels_of, write_snapshot
 from worker.lsclient import LabelStudioClient
+
+if TYPE_CHECKING:
+    from backend.isnet.training.networks import Networks
+    from backend.isnet.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +72,46 @@ def write_json(path: Path, value: dict[str, Any]) -> None:
 
 
 def latest_report(settings: Settings) -> dict[str, Any] | None:
-    """The last retraining outcome of any project (cheap: one small file)."""
-    return read_json(datasets_dir(settings) / LATEST_FILE)
+    """The last retraining outcome of any project, with the running or last cycle (from Label Studio or
+    ``isnet train``) under ``cycle``: stage, step, total, ETA, loss, and at the end the decision (cheap:
+    two small files)."""
+    from backend.isnet.training.progress import STATUS_FILE
+
+    outcome = read_json(datasets_dir(settings) / LATEST_FILE)
+    cycle = read_json(settings.model_dir / STATUS_FILE)
+    if cycle is None:
+        return outcome
+    return {**(outcome or {}), "cycle": _checked_alive(cycle)}
+
+
+def _checked_alive(cycle: dict[str, Any]) -> dict[str, Any]:
+    """A "running" cycle whose process is gone (same host) is shown as ``interrupted``."""
+    if cycle.get("status") != "running" or cycle.get("host") != socket.gethostname():
+        return cycle
+    try:
+        os.kill(int(cycle.get("pid", 0)), 0)
+    except (ProcessLookupError, ValueError):
+        return {**cycle, "status": "interrupted"}
+    except PermissionError:  # alive, another user's
+        pass
+    return cycle
+
+
+def cycle_options(settings: Settings) -> TrainOptions:
+    """The options of a Label Studio-fed cycle: the settings' defaults, exactly what ``isnet train``
+    uses when no flag is given."""
+    from backend.isnet.training.options import TrainOptions
+
+    return TrainOptions.from_settings(settings)
 
 
 def retrain_project(project_id: int, *, force: bool = False, settings: Settings | None = None,
-                    client: LabelStudioClient | None = None) -> dict[str, Any]:
-    """Run (or skip) one cycle for the project; the outcome, also saved as state and latest report."""
+                    client: LabelStudioClient | None = None, networks: Networks | None = None) -> dict[str, Any]:
+    """Run (or skip) one cycle for the project; the outcome, also saved as state and latest report.
+
+    ``networks``: what the cycle builds (tests pass the tiny ones; default ISNet)."""
     from backend.isnet.training.cycle import run_cycle
-    from backend.isnet.training.options import TrainOptions
+    from backend.isnet.training.networks import ISNET
 
     settings = settings or load()
     client = client or LabelStudioClient.from_settings(settings)
@@ -99,15 +139,19 @@ def retrain_project(project_id: int, *, force: bool = False, settings: Settings 
     if not snap.used:
         outcome.update(status="skipped", reason="no task could be used (see skipped)")
         return _record(settings, folder, state, outcome)
+    write_json(datasets_dir(settings) / LATEST_FILE, {**outcome, "status": "running"})
     try:
-        report = run_cycle((snap.images, snap.masks), settings, TrainOptions.from_settings(settings), promote=True)
+        report = run_cycle((snap.images, snap.masks), settings, cycle_options(settings), promote=True,
+                           networks=networks or ISNET)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:  # TrainingError is a RuntimeError or ValueError
         outcome.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
         return _record(settings, folder, state, outcome)
     cycle = report.to_dict()
     outcome.update(status="promoted" if report.promoted else "rejected", reason=report.decision.reason,
-                   version=report.version, report_path=str(report.directory / "cycle.json"),
-                   metrics=cycle["metrics"], decision=cycle["decision"], engines=cycle["engines"])
+                   version=report.version, champion=report.champion, report_path=str(report.directory / "cycle.json"),
+                   metrics=cycle["metrics"], decision=cycle["decision"], engines=cycle["engines"],
+                   trained_on=report.train_count, held_out=len(report.held_out),
+                   steps=report.training.get("steps"), budget=report.budget)
     state["used_keys"] = [label.key for label in snap.used]
     state["last_cycle"] = time.time()
     return _record(settings, folder, state, outcome)

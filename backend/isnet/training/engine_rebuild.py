@@ -49,3 +49,17 @@ def rebuild_engines(champion: ModelVersion, challenger: ModelVersion, images: li
         log.warning("engines for %s were not rebuilt: %s", challenger.name, exc)
         return {"built": [], "error": f"{type(exc).__name__}: {exc}"}
     return {"built": [p.name for p in built], "calibration_images": len(images)}
+
+
+def estimate_seconds(champion: ModelVersion, settings: Settings) -> float:
+    """How long :func:`rebuild_engines` will take: the champion's own recorded build times.
+
+    Why those: the challenger gets the same recipes on the same machine, so the champion's
+    engines took about as long as the challenger's will (a cycle keeps this time free)."""
+    from backend.isnet.engines.store import EngineStore
+
+    try:
+        artefacts = EngineStore(champion, settings).scan()[0]
+    except OSError:
+        return 0.0
+    return float(sum(float(a.record.get("build_seconds") or 0.0) for a in artefacts))

@@ -41,13 +41,14 @@ class Evaluation:
 class _Counting:
     """A segmenter that reports each image it predicts (the evaluator takes no callback)."""
 
-    def __init__(self, segmenter: Segmenter, progress: ProgressFn | None, offset: int, total: int) -> None:
-        self.segmenter, self.progress, self.done, self.total = segmenter, progress, offset, total
+    def __init__(self, segmenter: Segmenter, progress: ProgressFn | None, offset: int, total: int,
+                 stage: str = "evaluate") -> None:
+        self.segmenter, self.progress, self.done, self.total, self.stage = segmenter, progress, offset, total, stage
 
     def predict_one(self, image: np.ndarray) -> np.ndarray:
         mask = self.segmenter.predict_one(image)
         self.done += 1
-        emit(self.progress, "evaluate", self.done, self.total)
+        emit(self.progress, self.stage, self.done, self.total)
         return mask
 
 
@@ -59,8 +60,10 @@ def evaluate_models(
     device: str = "cpu",
     progress: ProgressFn | None = None,
     describe: Mapping[str, str] | None = None,
+    stage: str = "evaluate",
 ) -> Evaluation:
-    """Score every model in ``models`` (label -> network) on ``items`` at input ``size``."""
+    """Score every model in ``models`` (label -> network) on ``items`` at input ``size``;
+    progress events carry ``stage``."""
     from backend.metrics import Pair, build_report, evaluate_segmenter
 
     started = time.perf_counter()
@@ -69,7 +72,7 @@ def evaluate_models(
     total = len(pairs) * len(models)
     for n, (label, model) in enumerate(models.items()):
         segmenter = Segmenter(TorchEngine(model, device=device), size)
-        counted = _Counting(segmenter, progress, n * len(pairs), total)
+        counted = _Counting(segmenter, progress, n * len(pairs), total, stage)
         evaluation = evaluate_segmenter(counted, pairs, workers=1, progress=False, max_pixels=max_pixels)
         if not evaluation.count:
             raise ValueError("no held-out item could be evaluated: " + "; ".join(
@@ -86,6 +89,16 @@ def evaluate_models(
                                                                  "input_size": size, "engine": "torch"})
     result.seconds = time.perf_counter() - started
     return result
+
+
+def merge(first: Evaluation, second: Evaluation) -> Evaluation:
+    """One evaluation of the models of both (scored on the same items, e.g. before and after training)."""
+    per_item = {k: dict(v) for k, v in first.per_item.items()}
+    for key, values in second.per_item.items():
+        per_item.setdefault(key, {}).update(values)
+    return Evaluation({**first.metrics, **second.metrics}, per_item, first.items or second.items,
+                      first.skipped or second.skipped, {**first.reports, **second.reports},
+                      first.seconds + second.seconds)
 
 
 def write_reports(evaluation: Evaluation, directory: Path) -> list[Path]:

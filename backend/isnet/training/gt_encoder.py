@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from backend.isnet.training.budget import Budget, StepTimer
 from backend.isnet.training.data import Pair, batch_indices, centre_views, sample_batch
 from backend.isnet.training.losses import reconstruction_loss
 from backend.isnet.training.options import TrainOptions
@@ -40,10 +41,21 @@ class GTEncoderResult:
     (a slightly imperfect target is still a useful constraint) and the report says so."""
     checks: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    stopped_by: str = ""
+    """``target`` (max F reached), ``cap`` (``gt_max_iters``), ``budget`` (its share of the
+    cycle's wall time) or ``cache`` (not trained: a cached encoder already fits these masks)."""
+    source: str = "scratch"
+    """Where the encoder started: ``scratch``, ``champion`` (the current version's), ``cache``
+    (an encoder cached for exactly these masks) or ``refreshed`` (cached for a similar set)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "max_f": self.max_f, "reached": self.reached,
-                "checks": self.checks, "seconds": round(self.seconds, 2)}
+        return {"steps": self.steps, "max_f": self.max_f, "reached": self.reached, "checks": self.checks,
+                "seconds": round(self.seconds, 2), "stopped_by": self.stopped_by, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GTEncoderResult:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def max_f_measure(probs: torch.Tensor, masks: torch.Tensor, beta2: float = BETA2) -> float:
@@ -106,13 +118,17 @@ def train_gt_encoder(
     check_first: bool = False,
     progress: ProgressFn | None = None,
     save: SaveFn | None = None,
+    budget: Budget | None = None,
 ) -> GTEncoderResult:
-    """Train ``encoder`` in place until it fits the masks or ``options.gt_max_iters`` steps.
+    """Train ``encoder`` in place until it fits the masks, ``options.gt_max_iters`` steps, or the
+    stage's share of ``budget`` (whichever comes first).
 
-    ``check_first`` measures before any step (an encoder carried over from the previous
-    version often fits already and then costs no training). ``save(step, optimizer, extra)``
-    is called every ``options.checkpoint_every`` steps so the stage can be resumed.
+    ``check_first`` measures before any step (an encoder carried over from the cache or the
+    previous version often fits already and then costs no training). ``save(step, optimizer,
+    extra)`` is called every ``options.checkpoint_every`` steps so the stage can be resumed.
     """
+    budget = budget or Budget(0.0)
+    options = options.resolved()
     device = options.device
     encoder.to(device).train()
     optimizer = torch.optim.Adam(encoder.parameters(), lr=options.gt_lr, betas=(0.9, 0.999), eps=1e-8)
@@ -132,13 +148,15 @@ def train_gt_encoder(
         return f
 
     if not len(views):
-        return GTEncoderResult(start_step, 0.0, False, checks, 0.0)
+        return GTEncoderResult(start_step, 0.0, False, checks, 0.0, "no masks with foreground")
     f = checks[-1]["max_f"] if checks else 0.0
     if check_first and start_step == 0:
         f = check(0, float("nan"))
     step = start_step
     running: list[float] = []
-    while f < options.gt_target_f and step < cap:
+    timer = StepTimer()
+    while f < options.gt_target_f and step < cap and timer.estimate() < budget.gt_left():
+        tick = time.perf_counter()
         indices = batch_indices(len(pairs), options.batch, step, options.seed, STREAM)
         rng = np.random.default_rng([options.seed, STREAM, step, 1])
         side, crop, min_scale = options.geometry(step)
@@ -158,4 +176,9 @@ def train_gt_encoder(
             f = check(step, float(np.mean(running[-options.gt_check_every:])))
         if save is not None and step % options.checkpoint_every == 0 and f < options.gt_target_f:
             save(step, optimizer, {"gt_checks": checks})
-    return GTEncoderResult(step, f, f >= options.gt_target_f, checks, time.perf_counter() - started)
+        timer.add(time.perf_counter() - tick)
+    if f < options.gt_target_f and step < cap and running and (not checks or checks[-1]["step"] != step):
+        f = check(step, float(np.mean(running[-options.gt_check_every:])))  # the budget cut it: measure
+    reached = f >= options.gt_target_f
+    stopped_by = "target" if reached else ("cap" if step >= cap else "budget")
+    return GTEncoderResult(step, f, reached, checks, time.perf_counter() - started, stopped_by)

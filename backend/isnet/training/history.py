@@ -61,6 +61,33 @@ def collect(version_dirs: Iterable[Path]) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: (str(r.get("created", "")), str(r.get("version", ""))))
 
 
+def earlier_held_out(records: Sequence[dict[str, Any]], exclude: set[str], limit: int) -> list[tuple[str, str, str]]:
+    """``(key, image, mask)`` of held-out items of earlier cycles, newest cycle first and one per
+    key, leaving out ``exclude`` (keys this cycle trains or judges on) and files that are gone.
+
+    Why: the forgetting guard scores the challenger where earlier cycles measured, on images no
+    cycle has trained on, so a cycle that learns new labels cannot silently unlearn old ones.
+    """
+    found: dict[str, tuple[str, str, str]] = {}
+    for record in reversed(records):
+        for entry in record.get("held_out", {}).get("items", []) or []:
+            if not isinstance(entry, (list, tuple)) or len(entry) != 3:
+                continue
+            key, image, mask = (str(v) for v in entry)
+            if key in exclude or key in found or not (Path(image).is_file() and Path(mask).is_file()):
+                continue
+            found[key] = (key, image, mask)
+            if len(found) >= limit:
+                return list(found.values())
+    return list(found.values())
+
+
+def _interval(evidence: Any) -> dict[str, Any] | None:
+    if not isinstance(evidence, dict):
+        return None
+    return {k: evidence.get(k) for k in ("n", "mean_change", "ci_low", "ci_high", "too_small")}
+
+
 def write_history(records: Sequence[dict[str, Any]], directory: Path, current: str | None = None) -> list[Path]:
     """``history.json`` and ``history.png`` in ``directory``; ``current`` marks the served version."""
     rows = [
@@ -73,6 +100,8 @@ def write_history(records: Sequence[dict[str, Any]], directory: Path, current: s
             "promote": bool(r.get("decision", {}).get("promote")),
             "reason": r.get("decision", {}).get("reason"),
             "held_out": r.get("held_out", {}).get("count"),
+            "evidence": _interval(r.get("decision", {}).get("evidence")),
+            "guard": _interval(r.get("decision", {}).get("guard")),
             "trained_on": r.get("train", {}).get("count"),
             "size": r.get("size"),
             "current": r.get("version") == current,
@@ -87,22 +116,28 @@ def write_history(records: Sequence[dict[str, Any]], directory: Path, current: s
 
 
 def plot_history(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """mae / avgfmeasure / sm per cycle, champion (before) and challenger (after); promoted
-    challengers filled, rejected ones hollow."""
+    """mae / avgfmeasure / sm per cycle, champion (before) and challenger (after), promoted
+    challengers filled, rejected ones hollow; the challenger's MAE carries the 95 % interval of
+    the paired per-image change as error bars, and a last panel shows that change (and the
+    forgetting guard's on earlier held-out images) against 0."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4.2 * len(PLOTTED), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(PLOTTED) + 1, figsize=(4.2 * (len(PLOTTED) + 1), 3.4), squeeze=False)
     xs = list(range(1, len(rows) + 1))
-    for ax, metric in zip(axes[0], PLOTTED, strict=True):
+    _plot_change(axes[0][-1], xs, rows)
+    for ax, metric in zip(axes[0], PLOTTED, strict=False):
         champ = [_num(r["champion_metrics"].get(metric)) for r in rows]
         chall = [_num(r["challenger_metrics"].get(metric)) for r in rows]
         ax.plot(xs, champ, "o--", color="tab:gray", label="champion (before)")
         ax.plot(xs, chall, "-", color="tab:blue", label="challenger")
         for x, y, r in zip(xs, chall, rows, strict=True):
             ax.plot([x], [y], "o", color="tab:blue", markerfacecolor="tab:blue" if r["promote"] else "white")
+            low, high = _error(r.get("evidence"))
+            if metric == "mae" and low is not None:
+                ax.errorbar([x], [y], yerr=[[low], [high]], color="tab:blue", capsize=3, linewidth=1)
         ax.set_title(metric + (" (lower is better)" if metric == "mae" else " (higher is better)"), fontsize=10)
         ax.set_xlabel("cycle")
         ax.set_xticks(xs)
@@ -121,6 +156,38 @@ def plot_history(rows: Sequence[dict[str, Any]], path: Path) -> None:
         plt.close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _error(interval: Any) -> tuple[float | None, float | None]:
+    """Error-bar lengths below and above the mean change, or ``(None, None)`` without an interval."""
+    if not isinstance(interval, dict):
+        return None, None
+    mean, low, high = (_num(interval.get(k)) for k in ("mean_change", "ci_low", "ci_high"))
+    if not all(math.isfinite(v) for v in (mean, low, high)):
+        return None, None
+    return max(0.0, mean - low), max(0.0, high - mean)
+
+
+def _plot_change(ax: Any, xs: Sequence[int], rows: Sequence[dict[str, Any]]) -> None:
+    """Mean per-image MAE change with its 95 % interval, held-out and earlier held-out images."""
+    ax.axhline(0.0, color="tab:gray", linewidth=0.8)
+    for field, color, label, shift in (("evidence", "tab:blue", "held-out", -0.08),
+                                       ("guard", "tab:orange", "earlier held-out", 0.08)):
+        shown = False
+        for x, r in zip(xs, rows, strict=True):
+            low, high = _error(r.get(field))
+            if low is None:
+                continue
+            ax.errorbar([x + shift], [_num(r[field]["mean_change"])], yerr=[[low], [high]], fmt="o", color=color,
+                        capsize=3, markerfacecolor=color if r["promote"] else "white",
+                        label=None if shown else label)
+            shown = True
+    ax.set_title("MAE change, challenger - champion\n(95% CI; below 0 is better)", fontsize=10)
+    ax.set_xlabel("cycle")
+    ax.set_xticks(list(xs))
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
 def _num(value: Any) -> float:
