@@ -47,7 +47,7 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``ISNET_TRAIN_CROP`` | ``0`` (whole image) | random crops instead of whole images (crops made 1024 5x worse) |
 | ``ISNET_TRAIN_SCALES`` | ``""`` (input size) | whole images at these sides in turn, e.g. ``1024,320`` |
 | ``ISNET_TRAIN_LR`` | ``0.00001`` | peak Adam lr: 1e-5 cut butterflies MAE 0.046 -> 0.037; 1e-4 hurt |
-| ``ISNET_TRAIN_SCHEDULE`` | ``cosine`` | warm-up, then decay to lr/10 at the step count the budget allows |
+| ``ISNET_TRAIN_SCHEDULE`` | ``cosine`` | warm-up, then decay to 0.3 lr at the step count the budget allows |
 | ``ISNET_TRAIN_FEATURE_LOSS`` | ``mse`` | GT-encoder supervision: ``mse``, ``l1``, ``smooth_l1``, ``kl``, ``off`` |
 | ``ISNET_TRAIN_FEATURE_WEIGHT`` | ``0.02`` | feature loss vs side BCE (both measured gains used 0.02) |
 | ``ISNET_TRAIN_GT_ITERS`` | ``2000`` | GT encoder cap (it stops at max F 0.99; cached per labelled set) |

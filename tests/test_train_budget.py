@@ -98,10 +98,10 @@ def test_the_step_count_follows_the_measured_step_time():
 
 
 def test_the_cosine_schedule_warms_up_then_decays_to_the_floor_at_the_planned_end():
-    lrs = [learning_rate(step, 40, 1e-5, "cosine", 5, 0.1) for step in range(40)]
+    lrs = [learning_rate(step, 40, 1e-5, "cosine", 5, 0.3) for step in range(40)]
     assert lrs[0] == pytest.approx(2e-6) and lrs[4] == pytest.approx(1e-5)
     assert all(a >= b for a, b in itertools.pairwise(lrs[4:]))
-    assert lrs[-1] == pytest.approx(1e-6)
+    assert lrs[-1] == pytest.approx(3e-6)
     assert learning_rate(3, 40, 1e-5, "constant", 5, 0.1) == 1e-5
     # Re-planned to more steps, the same step gets a larger rate (the decay stretches).
     assert learning_rate(20, 80, 1e-5, "cosine", 5, 0.1) > learning_rate(20, 40, 1e-5, "cosine", 5, 0.1)

@@ -62,11 +62,11 @@ def test_label_studio_fed_cycles_use_the_same_defaults_as_isnet_train_without_fl
     cli, label_studio = options_from_args(args, load()), cycle_options(load())
     assert cli == label_studio
     # The recipe that measurably taught the butterflies: whole images at the serving size, batch 1,
-    # lr 1e-5 (cosine to 1e-6), feature loss 0.02 against the GT encoder, steps from a 30 min budget.
+    # lr 1e-5 (cosine to 3e-6), feature loss 0.02 against the GT encoder, steps from a 30 min budget.
     assert (cli.size, cli.crop, cli.scales, cli.min_scale) == (1024, 1024, (), 1.0)
     assert cli.geometry(7) == (1024, 1024, 1.0)
     assert (cli.batch, cli.lr, cli.schedule, cli.feature_loss, cli.feature_weight) == (1, 1e-5, "cosine", "mse", 0.02)
-    assert (cli.iters, cli.budget_min, cli.amp) == (0, 30.0, False)
+    assert (cli.iters, cli.budget_min, cli.amp, cli.lr_floor) == (0, 30.0, False, 0.3)
     assert (cli.promote_rule, cli.min_heldout, cli.holdout_fraction) == ("bootstrap", 30, 0.2)
 
     monkeypatch.setenv("ISNET_TRAIN_BUDGET", "12")  # one variable reaches both

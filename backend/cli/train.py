@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, help="peak Adam learning rate (default ISNET_TRAIN_LR, 1e-5)")
     parser.add_argument("--schedule", choices=SCHEDULES,
                         help="learning-rate schedule (default ISNET_TRAIN_SCHEDULE, cosine: warm-up, then decay to "
-                        "lr/10 at the step count the budget allows)")
+                        "0.3 lr at the step count the budget allows)")
     parser.add_argument("--feature-loss", choices=FEATURE_LOSSES,
                         help="intermediate supervision; 'off' trains with side-output BCE only (default mse)")
     parser.add_argument("--feature-weight", type=float,
