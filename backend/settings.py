@@ -37,9 +37,12 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``BASIC_AUTH_USER`` | ``""`` | with ``BASIC_AUTH_PASS``: HTTP basic auth required on every ``isnet serve`` route |
 | ``BASIC_AUTH_PASS`` | ``""`` | the password for ``BASIC_AUTH_USER`` |
 | ``WORKERS`` | ``1`` | ``isnet serve`` worker processes (each holds its own model in memory) |
-| ``THREADS`` | ``8`` | request threads per worker; two are kept free of ``/predict`` for ``/health``, ``/setup`` |
+| ``THREADS`` | ``32`` | request threads per worker; two are kept free of ``/predict`` for ``/health``, ``/setup`` |
 | ``ISNET_PREDICT_BUDGET`` | ``60`` | seconds per ``/predict`` (LS waits 100); the rest is queued for pre-annotation |
 | ``ISNET_PREDICT_BATCH`` | ``4`` | images per engine call; bounds memory (about 0.6 GB per image at 1024 on CPU) |
+| ``ISNET_INTERACTIVE_SIZE`` | ``1024`` | network input for box and click prompts (a crop of the full image) |
+| ``ISNET_INTERACTIVE_MARGIN`` | ``0.5`` | context around a box prompt, per side, in fractions of its size |
+| ``ISNET_INTERACTIVE_IMAGES`` | ``4`` | decoded task images kept for further prompts on the same image |
 | ``ISNET_CACHE_MB`` | ``256`` | memory for cached results (per image, version, engine, size, threshold); 0 = off |
 | ``ISNET_TRAIN_BUDGET`` | ``30`` | minutes a retraining cycle may take in all; the step count fits what is left |
 | ``ISNET_TRAIN_ITERS`` | ``0`` (budget decides) | cap on segmentation steps (the step count when the budget is 0) |
@@ -121,9 +124,12 @@ class Settings:
     basic_auth_user: str = field(default_factory=lambda: _env("BASIC_AUTH_USER", ""))
     basic_auth_pass: str = field(default_factory=lambda: _env("BASIC_AUTH_PASS", ""))
     workers: int = field(default_factory=lambda: int(_env("WORKERS", "1")))
-    server_threads: int = field(default_factory=lambda: int(_env("THREADS", "8")))
+    server_threads: int = field(default_factory=lambda: int(_env("THREADS", "32")))
     predict_budget: float = field(default_factory=lambda: float(_env("ISNET_PREDICT_BUDGET", "60")))
     predict_batch: int = field(default_factory=lambda: int(_env("ISNET_PREDICT_BATCH", "4")))
+    interactive_size: int = field(default_factory=lambda: int(_env("ISNET_INTERACTIVE_SIZE", "1024")))
+    interactive_margin: float = field(default_factory=lambda: float(_env("ISNET_INTERACTIVE_MARGIN", "0.5")))
+    interactive_images: int = field(default_factory=lambda: int(_env("ISNET_INTERACTIVE_IMAGES", "4")))
     cache_mb: float = field(default_factory=lambda: float(_env("ISNET_CACHE_MB", "256")))
     train_budget: float = field(default_factory=lambda: float(_env("ISNET_TRAIN_BUDGET", "30")))
     train_iters: int = field(default_factory=lambda: int(_env("ISNET_TRAIN_ITERS", "0")))
