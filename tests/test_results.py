@@ -8,8 +8,8 @@ from label_studio_sdk.converter import brush
 from PIL import Image
 
 from backend.labelstudio.config import BrushTarget
-from backend.labelstudio.results import brush_result, result_to_mask
-from tests.paths import DUTS_TE
+from backend.labelstudio.results import brush_result, prediction_score, result_to_mask
+from tests.paths import DIS_DEMO_REFERENCE, DUTS_TE
 
 TARGET = BrushTarget(from_name="tag", to_name="image", value_key="image", label="Foreground")
 
@@ -42,13 +42,62 @@ def test_rle_is_the_sdk_encoding_of_the_thresholded_mask():
     assert result[0]["value"]["rle"] == brush.mask2rle(np.where(mask > 127, 255, 0).astype(np.uint8))
 
 
-def test_score_is_the_mean_confidence_inside_the_region():
+def _soft_disc(edge_width: float, size: int = 96) -> np.ndarray:
+    """A disc of radius 30 whose confidence falls from 255 to 0 over about ``edge_width`` pixels."""
+    yy, xx = np.mgrid[:size, :size]
+    distance = np.hypot(yy - size / 2, xx - size / 2) - 30.0
+    return np.round(255.0 / (1.0 + np.exp(distance * 4.0 / edge_width))).astype(np.uint8)
+
+
+def _mean_decisiveness(mask: np.ndarray) -> float:
+    return float(np.mean(np.abs(2.0 * mask / 255.0 - 1.0)))
+
+
+def test_score_is_the_mean_decisiveness_of_all_pixels():
+    mask = np.random.default_rng(0).integers(0, 256, (37, 53), dtype=np.uint8)
+    _, score = brush_result(mask, TARGET, 0.5)
+    assert score == pytest.approx(_mean_decisiveness(mask), abs=1e-9)
+    assert prediction_score(mask, 0.5) == score
+
+
+def test_a_confident_mask_scores_above_a_hesitant_one_so_ascending_order_shows_the_hesitant_first():
+    sharp, soft, blurred = (brush_result(_soft_disc(width), TARGET, 0.5)[1] for width in (1.0, 6.0, 20.0))
+    assert 1.0 >= sharp > soft > blurred >= 0.0
+    _, binary = brush_result(np.where(_soft_disc(1.0) > 127, 255, 0).astype(np.uint8), TARGET, 0.5)
+    assert binary == 1.0
+
+
+def test_score_stays_in_0_1_from_the_surest_to_the_least_sure_mask():
+    for level in (128, 140, 200, 254, 255):
+        score = prediction_score(np.full((10, 10), level, np.uint8), 0.5)
+        assert 0.0 <= score <= 1.0
+    assert prediction_score(np.full((10, 10), 128, np.uint8), 0.5) == pytest.approx(0.0, abs=0.01)
+    assert prediction_score(np.full((10, 10), 255, np.uint8), 0.5) == 1.0
+
+
+def test_the_threshold_decides_the_region_not_the_score():
     mask = _blob()
-    _, high = brush_result(mask, TARGET, 0.5)
-    assert high == pytest.approx(230 / 255)
-    _, low = brush_result(mask, TARGET, 0.3)  # now the 100-ring is inside as well
-    inside = mask[mask > 0.3 * 255]
-    assert low == pytest.approx(inside.mean() / 255)
+    (high_region,), high = brush_result(mask, TARGET, 0.5)
+    (low_region,), low = brush_result(mask, TARGET, 0.3)  # now the 100-ring is inside as well
+    assert high_region["value"]["rle"] != low_region["value"]["rle"]
+    assert high == low
+
+
+def test_nothing_above_the_threshold_scores_zero_however_sure_the_background():
+    assert prediction_score(np.zeros((20, 30), np.uint8), 0.5) == 0.0
+    assert prediction_score(np.array([[127, 0]], np.uint8), 0.5) == 0.0
+    assert prediction_score(np.array([[128, 0]], np.uint8), 0.5) > 0.0  # strictly above, as the region
+
+
+def test_a_3000x2000_mask_is_scored_on_a_sample_of_rows_close_to_all_of_them():
+    mask = np.asarray(Image.open(DIS_DEMO_REFERENCE / "bike.png").convert("L"))
+    assert mask.shape == (2000, 3000)
+    assert prediction_score(mask, 0.5) == pytest.approx(_mean_decisiveness(mask), abs=1e-3)
+
+
+def test_score_of_a_strided_view_is_the_score_of_its_copy():
+    mask = _soft_disc(6.0)
+    assert prediction_score(mask[:, ::3], 0.5) == prediction_score(mask[:, ::3].copy(), 0.5)
 
 
 def test_threshold_is_strictly_above_on_the_0_1_scale():

@@ -3,9 +3,15 @@
 Why here: the result's shape (keys, RLE, size, label) is what Label Studio validates and
 shows; the server only wraps it as ``{"result", "score", "model_version"}``.
 
+The score says how far the mask can be trusted (0-1, higher = surer): how decisive its pixels
+are, the mean of ``|2p - 1|`` over the whole image for confidences ``p`` in 0-1. Errors sit where
+the model hesitates, so sorting tasks by prediction score, ascending, puts the masks most worth
+correcting first.
+
 An image where nothing reaches the threshold gets no region and score 0.0: an empty result
 list is what Label Studio shows as "nothing predicted", whereas an empty brush region would be
-an invisible region the annotator has to find and delete.
+an invisible region the annotator has to find and delete. Score 0.0 sorts it first, as a
+missed object is the worst mask of all.
 """
 
 from __future__ import annotations
@@ -14,10 +20,17 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import cv2
 import numpy as np
 
 from backend.labelstudio.config import BrushTarget
 from backend.labelstudio.rle import mask_to_rle, rle_to_mask
+
+_DECISIVENESS = np.abs(np.arange(256) / 127.5 - 1.0)  # |2p - 1| of each 0-255 confidence level
+SCORE_PIXELS = 1 << 20
+"""About how many pixels the score counts. The model sees the image at its input size (1024 x 1024
+by default), so the rows of a larger mask mostly repeat what it said; counting every k-th row
+keeps the score's cost flat on large photos."""
 
 
 def region_id() -> str:
@@ -29,8 +42,8 @@ def brush_result(mask_u8: np.ndarray, target: BrushTarget, threshold: float) -> 
     """One ``brushlabels`` region for the pixels above ``threshold``, and its score.
 
     ``mask_u8`` is the model's ``H x W`` confidence as 0-255 at the image's original size.
-    A pixel is inside when ``mask_u8 / 255 > threshold``; the score is the mean confidence
-    (0-1) of the pixels inside. Nothing inside: ``([], 0.0)``.
+    A pixel is inside when ``mask_u8 / 255 > threshold``; the score is :func:`prediction_score`.
+    Nothing inside: ``([], 0.0)``.
     """
     mask = np.asarray(mask_u8)
     if mask.ndim != 2 or mask.dtype != np.uint8:
@@ -38,10 +51,8 @@ def brush_result(mask_u8: np.ndarray, target: BrushTarget, threshold: float) -> 
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1), got {threshold}")
     inside = mask > threshold * 255.0
-    count = int(np.count_nonzero(inside))
-    if count == 0:
+    if not inside.any():
         return [], 0.0
-    score = float(mask[inside].sum(dtype=np.int64)) / (255.0 * count)
     height, width = mask.shape
     region = {
         "id": region_id(),
@@ -53,7 +64,23 @@ def brush_result(mask_u8: np.ndarray, target: BrushTarget, threshold: float) -> 
         "image_rotation": 0,
         "value": {"format": "rle", "rle": mask_to_rle(inside), "brushlabels": [target.label]},
     }
-    return [region], score
+    return [region], prediction_score(mask, threshold)
+
+
+def prediction_score(mask_u8: np.ndarray, threshold: float) -> float:
+    """How far a 0-255 confidence mask can be trusted: the mean decisiveness ``|2p - 1|`` of its pixels.
+
+    1.0 when every pixel is 0 or 255, near 0.0 when most are near 0.5; a wide or blotchy band of
+    hesitant pixels lowers it. Read as probabilities, ``(1 - score) / 2`` is the share of pixels
+    the 0.5-thresholded region is expected to get wrong. No pixel above ``threshold`` (nothing
+    predicted): 0.0. A mask above about a megapixel is counted on every k-th row (:data:`SCORE_PIXELS`).
+    """
+    mask = np.ascontiguousarray(mask_u8)
+    if mask.size == 0 or mask.max() <= threshold * 255.0:
+        return 0.0
+    rows = mask[:: max(1, mask.size // SCORE_PIXELS)]
+    counts = cv2.calcHist([rows], [0], None, [256], [0, 256]).ravel().astype(np.float64)
+    return float(np.clip(counts @ _DECISIVENESS / rows.size, 0.0, 1.0))
 
 
 def result_to_mask(result: Mapping[str, Any]) -> np.ndarray:
