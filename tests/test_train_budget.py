@@ -105,3 +105,15 @@ def test_the_cosine_schedule_warms_up_then_decays_to_the_floor_at_the_planned_en
     assert learning_rate(3, 40, 1e-5, "constant", 5, 0.1) == 1e-5
     # Re-planned to more steps, the same step gets a larger rate (the decay stretches).
     assert learning_rate(20, 80, 1e-5, "cosine", 5, 0.1) > learning_rate(20, 40, 1e-5, "cosine", 5, 0.1)
+
+
+def test_on_a_slow_machine_the_held_out_images_that_fit_are_scored_and_the_report_says_so(
+        tiny_settings, tiny_pairs, monkeypatch):
+    images, masks = tiny_pairs(16)
+    # As if one prediction took 1 s: a 30 s budget gives scoring 6 s (20 %) per model.
+    monkeypatch.setattr("backend.isnet.training.cycle.seconds_per_image", lambda *a, **k: 1.0)
+    options = dataclasses.replace(OPTIONS, iters=2, budget_min=0.5, holdout_fraction=0.6, promote_rule="bootstrap")
+    report = run_cycle((images, masks), tiny_settings, options, networks=TINY)
+    available = report.budget["held_out_available"]
+    assert available > 6 and report.budget["held_out_scored"] == len(report.held_out) == 6
+    assert f"6 of {available} held-out images scored within the budget" in report.decision.reason

@@ -24,6 +24,11 @@ GT_SHARE = 0.25
 """Most of the budget the GT encoder stage may take when it is not cached (it stops earlier at
 max F 0.99); the report says when this cut it short."""
 
+EVAL_SHARE = 0.2
+"""Most of the budget scoring one model (champion, then challenger) on the held-out images may
+take: on an idle machine every held-out image fits; on a busy one the first images in a stable
+order do, and the report says how many of how many."""
+
 RECENT = 5
 """Step times the estimate of the next one is based on (recent ones follow a busy machine)."""
 
@@ -75,11 +80,19 @@ class Budget:
             return math.inf
         return max(0.0, self.seconds * SAFETY - self.after_training - self.elapsed())
 
-    def gt_left(self) -> float:
-        """Seconds the GT encoder stage may still use: its share of the budget, within what training has."""
+    def gt_left(self, stage_started: float) -> float:
+        """Seconds the GT encoder stage (started at ``stage_started`` on this clock) may still use:
+        its share of the budget, within what training has."""
         if not self.bounded:
             return math.inf
-        return max(0.0, min(self.training_left(), self.seconds * GT_SHARE - self.elapsed()))
+        used = self.clock() - stage_started
+        return max(0.0, min(self.training_left(), self.seconds * GT_SHARE - used))
+
+    def images_that_fit(self, seconds_per_image: float) -> int | None:
+        """How many images one model can be scored on within :data:`EVAL_SHARE` (None: unbounded)."""
+        if not self.bounded or seconds_per_image <= 0:
+            return None
+        return int(self.seconds * EVAL_SHARE // seconds_per_image)
 
     def steps_left(self, step_seconds: float) -> int | None:
         """Steps that fit in what training has left (None while no step time is known)."""

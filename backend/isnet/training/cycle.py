@@ -31,9 +31,18 @@ from torch import nn
 
 from backend.isnet.registry import CHECKPOINT_FILE, ModelRegistry, ModelVersion
 from backend.isnet.training.budget import Budget
-from backend.isnet.training.data import Dataset, Item, Pair, Skipped, check_readable, load_pairs, split_holdout
+from backend.isnet.training.data import (
+    Dataset,
+    Item,
+    Pair,
+    Skipped,
+    check_readable,
+    holdout_score,
+    load_pairs,
+    split_holdout,
+)
 from backend.isnet.training.engine_rebuild import estimate_seconds, rebuild_engines
-from backend.isnet.training.evaluation import Evaluation, evaluate_models, merge, write_reports
+from backend.isnet.training.evaluation import Evaluation, evaluate_models, merge, seconds_per_image, write_reports
 from backend.isnet.training.gt_cache import CACHE_DIR, GTEncoderCache, mask_hash
 from backend.isnet.training.gt_encoder import GTEncoderResult
 from backend.isnet.training.history import (
@@ -369,6 +378,8 @@ def _train_evaluate_write(
     # -- the champion first: needed anyway, and its time is what the challenger's will take ---------
     t = time.perf_counter()
     model, gt_state = networks.load(champion.checkpoint)
+    available = (len(val_items), len(earlier))
+    val_items, earlier = _fit_evaluation(model, val_items, earlier, options, settings, budget, progress)
     before = _score(model, "champion", champion.name, val_items, earlier, options, settings, progress)
     timings["champion"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -395,6 +406,9 @@ def _train_evaluate_write(
     decision = decide(options.promote_rule, evaluation.metrics["champion"], evaluation.metrics["challenger"],
                       evidence_from(evaluation.per_item, options.min_heldout),
                       evidence_from(guard_eval.per_item, options.min_heldout) if guard_eval else None)
+    if len(evaluation.items) < available[0]:
+        decision = dataclasses.replace(decision, reason=f"{decision.reason}; {len(evaluation.items)} of "
+                                       f"{available[0]} held-out images scored within the budget")
     in_registry = _in_registry(area.final, registry)
     if decision.promote and not in_registry:
         decision = dataclasses.replace(decision, promote=False,
@@ -418,13 +432,15 @@ def _train_evaluate_write(
     by_key = {it.key: it for it in val_items}
     earlier_part = _earlier_summary(guard_eval)
     budget_part = {"minutes": options.budget_min, "after_training_s": round(budget.after_training, 1),
-                   "stopped_by": result.stopped_by}
+                   "stopped_by": result.stopped_by, "held_out_scored": len(held_keys),
+                   "held_out_available": available[0], "earlier_scored": len(earlier),
+                   "earlier_available": available[1]}
     record = {
         "version": name, "created": created, "size": options.size,
         "champion": {"name": champion.name, "metrics": evaluation.metrics["champion"]},
         "challenger": {"name": name, "metrics": evaluation.metrics["challenger"]},
         "decision": decision.to_dict(),
-        "held_out": {"count": len(held_keys), "keys": held_keys,
+        "held_out": {"count": len(held_keys), "available": available[0], "keys": held_keys,
                      "items": [[k, str(by_key[k].image), str(by_key[k].mask)] for k in held_keys if k in by_key]},
         "earlier": earlier_part,
         "train": {"count": len(train_pairs)},
@@ -448,6 +464,26 @@ def _train_evaluate_write(
     write_history([*collect(previous), record], area.path, registry.current_name())
     area.commit()
     return report
+
+
+def _fit_evaluation(model: nn.Module, val_items: list[Item], earlier: list[Item], options: TrainOptions,
+                    settings: Settings, budget: Budget, progress: ProgressFn | None) -> tuple[list[Item], list[Item]]:
+    """The held-out and earlier held-out items one model can be scored on within the budget's
+    evaluation share, from the time of one prediction: all of them on an idle machine; on a busy
+    one the first in a stable order (the hash that made the split), half for each set at most."""
+    if not budget.bounded or not val_items:
+        return val_items, earlier
+    fit = budget.images_that_fit(seconds_per_image(model, val_items[0], options.size, settings.max_pixels,
+                                                   options.device))
+    if fit is None or fit >= len(val_items) + len(earlier):
+        return val_items, earlier
+    ordered = sorted(val_items, key=lambda it: holdout_score(it.key))
+    n_earlier = min(len(earlier), fit // 2)
+    n_held = max(1, min(len(val_items), fit - n_earlier))
+    n_earlier = max(0, min(len(earlier), fit - n_held))
+    emit(progress, "champion", 0, 0, message=f"scoring {n_held} of {len(val_items)} held-out images "
+         f"(and {n_earlier} of {len(earlier)} earlier ones): what fits in the budget on this machine")
+    return ordered[:n_held], earlier[:n_earlier]
 
 
 def _score(model: nn.Module, label: str, name: str, val_items: list[Item], earlier: list[Item],

@@ -91,6 +91,24 @@ def evaluate_models(
     return result
 
 
+SCORING_OVERHEAD = 1.3
+"""Reading the image and mask and computing the metrics, on top of the prediction itself."""
+
+
+def seconds_per_image(model: nn.Module, item: Item, size: int, max_pixels: int, device: str = "cpu") -> float:
+    """Wall time scoring one held-out image will take: a warm prediction of ``item`` at ``size``
+    through the serving code (the first call pays for allocations, so it runs twice), plus
+    :data:`SCORING_OVERHEAD`."""
+    from backend.isnet.images import load_image
+
+    segmenter = Segmenter(TorchEngine(model, device=device), size)
+    image = load_image(item.image, max_pixels)
+    segmenter.predict_one(image)
+    started = time.perf_counter()
+    segmenter.predict_one(image)
+    return (time.perf_counter() - started) * SCORING_OVERHEAD
+
+
 def merge(first: Evaluation, second: Evaluation) -> Evaluation:
     """One evaluation of the models of both (scored on the same items, e.g. before and after training)."""
     per_item = {k: dict(v) for k, v in first.per_item.items()}

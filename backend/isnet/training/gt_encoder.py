@@ -155,7 +155,8 @@ def train_gt_encoder(
     step = start_step
     running: list[float] = []
     timer = StepTimer()
-    while f < options.gt_target_f and step < cap and timer.estimate() < budget.gt_left():
+    stage_started = budget.clock()
+    while f < options.gt_target_f and step < cap and timer.estimate() < budget.gt_left(stage_started):
         tick = time.perf_counter()
         indices = batch_indices(len(pairs), options.batch, step, options.seed, STREAM)
         rng = np.random.default_rng([options.seed, STREAM, step, 1])
