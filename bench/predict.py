@@ -23,7 +23,8 @@ import numpy as np
 import onnxruntime as ort
 
 from backend.isnet.images import load_image
-from backend.isnet.segmenter import Segmenter, postprocess, preprocess
+from backend.isnet.processing import postprocess, preprocess
+from backend.isnet.segmenter import Segmenter
 from backend.isnet.weights import WeightCache
 from backend.settings import load
 

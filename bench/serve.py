@@ -38,7 +38,8 @@ import numpy as np
 import requests
 
 from backend.isnet.images import load_image
-from backend.isnet.segmenter import Segmenter, preprocess
+from backend.isnet.processing import preprocess
+from backend.isnet.segmenter import Segmenter
 from backend.settings import load
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backend.isnet.segmenter import preprocess
+from backend.isnet.processing import preprocess
 from backend.isnet.training.data import Dataset, Item, batch_indices, load_pairs, sample_batch, split_holdout
 
 

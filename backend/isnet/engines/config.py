@@ -8,7 +8,7 @@ hardware engine added later are described by the same file. Sections only a hard
 compiler uses (``backend.compile``, ``workspace``) are accepted and ignored.
 
 What is checked rather than configured: the preprocessing. An engine only ever sees tensors
-made by :func:`backend.isnet.segmenter.preprocess`, so calibrating it on anything else would
+made by :func:`backend.isnet.processing.preprocess`, so calibrating it on anything else would
 build an engine for inputs it never gets; ``process_ops`` must describe exactly that
 preprocessing (resize to the input size, mean 0.5, std 1.0) or the file is refused.
 
@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from backend.isnet.engines.base import EngineError
-from backend.isnet.segmenter import MEAN, STD
+from backend.isnet.processing import MEAN, STD
 from backend.settings import check_input_size
 
 DTYPES = ("fp32", "fp16", "int8")

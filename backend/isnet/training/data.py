@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from backend.isnet.images import IMAGE_SUFFIXES, ImageError, load_image, load_mask
-from backend.isnet.segmenter import MEAN, STD
+from backend.isnet.processing import MEAN, STD
 
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".jpg", ".jpeg", ".pgm", ".ppm")
 # Image and mask of one item may differ in resolution (an export at another scale) but not in
