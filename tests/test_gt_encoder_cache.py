@@ -79,3 +79,14 @@ def test_changed_masks_or_another_recipe_train_a_new_encoder(tiny_settings, tiny
         Image.fromarray(255 - mask).save(path)
     redrawn = run_cycle((images, masks), tiny_settings, OPTIONS, networks=TINY)
     assert redrawn.training["gt_encoder"]["source"] == "scratch"
+
+
+def test_without_a_cached_encoder_the_champion_s_own_encoder_is_checked_first(tiny_settings, tiny_pairs):
+    images, masks = tiny_pairs(8)
+    first = run_cycle((images, masks), tiny_settings, dataclasses.replace(OPTIONS, promote_rule="always"),
+                      networks=TINY)
+    assert first.promoted
+    shutil.rmtree(tiny_settings.model_dir / CACHE_DIR)  # e.g. a MODEL_DIR copied without its cache
+    second = run_cycle((images, masks), tiny_settings, OPTIONS, networks=TINY)
+    gt = second.training["gt_encoder"]
+    assert gt["source"] == "champion" and gt["checks"][0]["step"] == 0 and gt["steps"] == 0  # it already fits
