@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.isnet.images import load_image
+from backend.images import load_image
 from backend.isnet.prompting import segment_object
 from backend.labelstudio.config import BrushTarget
 from backend.labelstudio.fetch import ImageFetcher

@@ -33,7 +33,7 @@ import requests
 from tqdm import tqdm
 
 from backend.isnet.engines import create_engine
-from backend.isnet.images import load_image, load_mask
+from backend.images import load_image, load_mask
 from backend.isnet.prompting import Box, segment_object
 from backend.isnet.registry import ModelRegistry
 from backend.isnet.segmenter import Segmenter

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from backend.isnet.images import load_image
+from backend.images import load_image
 from backend.isnet.processing import postprocess, preprocess
 from backend.isnet.segmenter import Segmenter
 from backend.isnet.weights import WeightCache

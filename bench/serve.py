@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from backend.isnet.images import load_image
+from backend.images import load_image
 from backend.isnet.processing import preprocess
 from backend.isnet.segmenter import Segmenter
 from backend.settings import load

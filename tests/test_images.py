@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.isnet.images import ImageError, ImageTooLarge, find_images, load_image
+from backend.images import ImageError, ImageTooLarge, find_images, load_image
 from tests.paths import DIS_DEMO_IMAGES
 
 LIMIT = 64_000_000

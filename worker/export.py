@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from backend.isnet.images import ImageError
+from backend.images import ImageError
 from backend.labelstudio.config import BrushTarget
 from backend.labelstudio.fetch import FetchError, ImageFetcher
 from backend.labelstudio.results import result_to_mask

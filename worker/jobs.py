@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.isnet.images import ImageError
+from backend.images import ImageError
 from backend.labelstudio.auth import LabelStudioAuth
 from backend.labelstudio.config import BrushTarget, parse_label_config
 from backend.labelstudio.fetch import FetchError, ImageFetcher

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.isnet.images import ImageError, load_image
+from backend.images import ImageError, load_image
 from backend.labelstudio.config import BrushTarget
 from backend.labelstudio.fetch import FetchError, ImageFetcher
 

@@ -333,7 +333,7 @@ def evaluate_segmenter(segmenter: Any, pairs: list[Pair], issues: Iterable[Issue
     """
     from PIL import Image
 
-    from backend.isnet.images import ImageError, load_image
+    from backend.images import ImageError, load_image
 
     found = list(issues)
     max_pixels = options.get("max_pixels", 64_000_000)

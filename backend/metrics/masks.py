@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from backend.isnet.images import ImageError, load_mask
+from backend.images import ImageError, load_mask
 
 RESIZE_POLICIES = ("aspect", "always", "never")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.isnet.images import IMAGE_SUFFIXES
+from backend.images import IMAGE_SUFFIXES
 from backend.metrics.issues import Issue
 
 

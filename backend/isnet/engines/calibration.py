@@ -3,7 +3,7 @@
 Why its own module: int8 ranges are only as good as the data they were measured on, so by
 default they are the images the backend itself served (a retrained version: its cycle's
 training images), never a dataset a user may not have. The images go through
-:func:`backend.isnet.images.load_image` and :func:`backend.isnet.processing.preprocess`, the
+:func:`backend.images.load_image` and :func:`backend.isnet.processing.preprocess`, the
 functions serving uses, so calibration and serving cannot drift apart.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from backend.isnet.calibration_sample import sample_dir, sample_images
 from backend.isnet.engines.config import ConfigError, EngineConfig
-from backend.isnet.images import IMAGE_SUFFIXES, ImageError, load_image
+from backend.images import IMAGE_SUFFIXES, ImageError, load_image
 from backend.isnet.processing import preprocess
 from backend.settings import Settings
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backend.isnet.images import IMAGE_SUFFIXES, ImageError, load_image, load_mask
+from backend.images import IMAGE_SUFFIXES, ImageError, load_image, load_mask
 from backend.isnet.processing import MEAN, STD
 
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".jpg", ".jpeg", ".pgm", ".ppm")
@@ -119,7 +119,7 @@ def split_holdout(items: Sequence[Item], fraction: float) -> tuple[list[Item], l
 
 
 def read_mask(path: Path, max_pixels: int) -> np.ndarray:
-    """``H x W`` uint8 0-255 (see :func:`backend.isnet.images.load_mask`)."""
+    """``H x W`` uint8 0-255 (see :func:`backend.images.load_mask`)."""
     return load_mask(path, max_pixels)
 
 

@@ -99,7 +99,7 @@ def seconds_per_image(model: nn.Module, item: Item, size: int, max_pixels: int, 
     """Wall time scoring one held-out image will take: a warm prediction of ``item`` at ``size``
     through the serving code (the first call pays for allocations, so it runs twice), plus
     :data:`SCORING_OVERHEAD`."""
-    from backend.isnet.images import load_image
+    from backend.images import load_image
 
     segmenter = Segmenter(TorchEngine(model, device=device), size)
     image = load_image(item.image, max_pixels)
