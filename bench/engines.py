@@ -25,8 +25,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend.isnet.engines import ENGINE_NAMES, create_engine  # noqa: E402
 from backend.images import find_images, load_image  # noqa: E402
+from backend.isnet.engines import ENGINE_NAMES, create_engine  # noqa: E402
 from backend.isnet.processing import preprocess  # noqa: E402
 from backend.isnet.registry import ModelRegistry  # noqa: E402
 from backend.settings import load  # noqa: E402

@@ -15,9 +15,9 @@ import onnx
 import pytest
 
 from backend.cli import main
+from backend.images import load_image
 from backend.isnet.engines import EngineError, create_engine
 from backend.isnet.engines.store import EngineStore, sidecar_of
-from backend.images import load_image
 from backend.isnet.registry import ModelRegistry, ModelVersion
 from backend.isnet.segmenter import Segmenter
 from backend.settings import load

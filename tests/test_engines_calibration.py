@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pytest
 
+from backend.images import load_image
 from backend.isnet.calibration_sample import sample_dir
 from backend.isnet.engines.calibration import MIN_SERVED_IMAGES, batches, fingerprint, select_images
 from backend.isnet.engines.config import ConfigError, default_config
-from backend.images import load_image
 from backend.isnet.processing import preprocess
 from backend.settings import Settings, load
 from tests.paths import DIS_DEMO_IMAGES, DUTS_TR

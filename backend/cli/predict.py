@@ -10,8 +10,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from backend.isnet.engines import ENGINE_NAMES, EngineError
 from backend.images import ImageError, find_images, load_image
+from backend.isnet.engines import ENGINE_NAMES, EngineError
 from backend.isnet.segmenter import Segmenter
 from backend.isnet.weights import WeightsError
 from backend.settings import check_input_size, load

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.images import IMAGE_SUFFIXES, ImageError, load_image
 from backend.isnet.calibration_sample import sample_dir, sample_images
 from backend.isnet.engines.config import ConfigError, EngineConfig
-from backend.images import IMAGE_SUFFIXES, ImageError, load_image
 from backend.isnet.processing import preprocess
 from backend.settings import Settings
 
