@@ -65,13 +65,14 @@ def test_metrics_shows_the_running_cycle_s_stage_step_eta_and_loss_then_its_deci
     status_path = tiny_settings.model_dir / STATUS_FILE
 
     def look(event):
-        if event.stage == "segmenter" and event.step == 3:
+        if (event.stage == "segmenter" and event.step == 3) or (event.stage == "champion" and event.step == 1):
             seen.append(latest_report(tiny_settings))
 
     options = dataclasses.replace(OPTIONS, iters=4, budget_min=5)
     report = run_cycle((images, masks), tiny_settings, options, networks=TINY, progress=look)
 
-    running = seen[0]["cycle"]
+    scoring, running = seen[0]["cycle"], seen[1]["cycle"]
+    assert scoring["stage"] == "champion" and 0 < scoring["eta_s"] <= 300  # before training: the budget's bound
     assert running["status"] == "running" and running["stage"] == "segmenter" and running["version"] == report.version
     assert running["step"] >= 1 and running["total"] >= running["step"] and running["eta_s"] is not None
     assert "loss" in running["values"]

@@ -164,8 +164,7 @@ def run_cycle(
     budget = budget or Budget.minutes(options.budget_min)
     if settings.threads > 0:
         torch.set_num_threads(settings.threads)
-    status = StatusWriter(registry.root / STATUS_FILE, {"budget_min": options.budget_min},
-                          inner=_with_eta(progress, budget))
+    status = StatusWriter(registry.root / STATUS_FILE, {"budget_min": options.budget_min}, inner=progress)
     try:
         report = _run(dataset, settings, options, held_out, out, promote, resume, status, networks, registry, budget)
     except BaseException as exc:
@@ -177,9 +176,9 @@ def run_cycle(
     return report
 
 
-def _with_eta(progress: ProgressFn | None, budget: Budget) -> ProgressFn | None:
+def _with_eta(progress: ProgressFn, budget: Budget) -> ProgressFn:
     """Events without an estimate get the latest the budget allows (the segmenter stage knows better)."""
-    if progress is None or not budget.bounded:
+    if not budget.bounded:
         return progress
 
     def wrapped(event: Progress) -> None:
@@ -191,8 +190,9 @@ def _with_eta(progress: ProgressFn | None, budget: Budget) -> ProgressFn | None:
 
 
 def _run(dataset: DataSource, settings: Settings, options: TrainOptions, held_out: DataSource | None,
-         out: Path | None, promote: bool, resume: bool, progress: StatusWriter, networks: Networks,
+         out: Path | None, promote: bool, resume: bool, status: StatusWriter, networks: Networks,
          registry: ModelRegistry, budget: Budget) -> CycleReport:
+    progress = _with_eta(status, budget)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     _warm_up()
@@ -209,7 +209,7 @@ def _run(dataset: DataSource, settings: Settings, options: TrainOptions, held_ou
     if resumed:
         emit(progress, "load", 0, 0, message=f"resuming {area.final.name} at {resumed}")
     name = area.final.name
-    progress.base["version"] = name
+    status.base["version"] = name
 
     try:
         report = _train_evaluate_write(
