@@ -79,6 +79,13 @@ def _retarget(result: list[dict[str, Any]], target: BrushTarget) -> list[dict[st
     ]
 
 
+def _project_uid(tasks: list[dict[str, Any]], project: Any) -> str:
+    """Label Studio's ``"<id>.<timestamp>"`` from the request, else the first task's project id."""
+    if project:
+        return str(project)
+    return str(tasks[0].get("project", "")) if tasks and isinstance(tasks[0], dict) else ""
+
+
 def _result_bytes(result: list[dict[str, Any]]) -> int:
     """Roughly what a result holds in memory: a list slot per RLE integer, plus the dicts."""
     return 1024 + sum(8 * len(r.get("value", {}).get("rle", ())) for r in result)
@@ -152,8 +159,11 @@ class ISNetModel:
         priority = PRIORITY_INTERACTIVE if len(tasks) == 1 else PRIORITY_BATCH
         version = self.service.model_version
         answers: list[dict[str, Any] | None] = [None] * len(tasks)
+        for i in self._in_flight(tasks, version, kwargs.get("project")):  # the background writes these
+            answers[i] = {"model_version": version, "score": 0.0}
+        todo = [i for i, answer in enumerate(answers) if answer is None]
         batch = max(1, self.settings.predict_batch)
-        chunks = [list(range(i, min(i + batch, len(tasks)))) for i in range(0, len(tasks), batch)]
+        chunks = [todo[i:i + batch] for i in range(0, len(todo), batch)]
         prefetch: dict[int, Future] = {}
         for c, chunk in enumerate(chunks):
             if self.service.fits(1, deadline) == 0:
@@ -305,14 +315,25 @@ class ISNetModel:
         assert self.service is not None
         return {"result": [], "score": 0.0, "model_version": self.service.model_version}
 
+    def _in_flight(self, tasks: list[dict[str, Any]], version: str, project: Any) -> list[int]:
+        """Positions of the tasks handed to background pre-annotation that it has not written yet.
+
+        They get the entry without ``result``: Label Studio stores nothing for them, so the
+        background's prediction stays the only one.
+        """
+        ids = [t.get("id") if isinstance(t, dict) else None for t in tasks]
+        held = hooks.in_flight(_project_uid(tasks, project), version, [i for i in ids if isinstance(i, int)],
+                               self.settings)
+        return [n for n, task_id in enumerate(ids) if task_id in held]
+
     def _defer(self, tasks: list[dict[str, Any]], answers: list[dict[str, Any] | None], version: str,
                project: Any) -> None:
         ids = [t.get("id") for t, a in zip(tasks, answers, strict=True) if a is None and isinstance(t, dict)]
         ids = [i for i in ids if isinstance(i, int)]
         if not ids:
             return
-        project_uid = str(project) if project else str(tasks[0].get("project", ""))
-        hooks.enqueue_preannotation(project_uid, ids, version)
+        project_uid = _project_uid(tasks, project)
+        hooks.enqueue_preannotation(project_uid, ids, version, self.settings)
         self.stats.incr("tasks.deferred", len(ids))
         log.info("budget spent: %d task(s) handed to background pre-annotation", len(ids),
                  extra={"task_ids": ids[:20], "project": project_uid})

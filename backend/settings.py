@@ -65,6 +65,7 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``ISNET_LS_TIMEOUT`` | ``30`` | seconds one Label Studio API call may take |
 | ``ISNET_REDIS_TIMEOUT`` | ``0.5`` | Redis socket timeout (s) when enqueueing: ``/webhook`` answers at once |
 | ``ISNET_LOCAL_QUEUE`` | ``10000`` | without Redis: most tasks waiting for the in-process thread; more are dropped |
+| ``ISNET_INFLIGHT_TTL`` | ``600`` | seconds ``/predict`` leaves a handed-over task to background pre-annotation |
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ class Settings:
     ls_timeout: float = field(default_factory=lambda: float(_env("ISNET_LS_TIMEOUT", "30")))
     redis_timeout: float = field(default_factory=lambda: float(_env("ISNET_REDIS_TIMEOUT", "0.5")))
     local_queue: int = field(default_factory=lambda: int(_env("ISNET_LOCAL_QUEUE", "10000")))
+    inflight_ttl: float = field(default_factory=lambda: float(_env("ISNET_INFLIGHT_TTL", "600")))
 
     @property
     def weights_dir(self) -> Path:

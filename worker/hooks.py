@@ -26,10 +26,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from backend.settings import Settings
+from worker import inflight
 from worker import queue as work_queue
 from worker.queue import QueueUnavailable
 
-__all__ = ["Handover", "QueueUnavailable", "enqueue_event", "enqueue_preannotation", "recorded"]
+__all__ = ["Handover", "QueueUnavailable", "enqueue_event", "enqueue_preannotation", "in_flight", "recorded"]
 
 MAX_RECORDED = 1000
 PREANNOTATE_EVENTS = frozenset({"TASKS_CREATED"})
@@ -87,11 +88,13 @@ _events: deque[WebhookEvent] = deque(maxlen=MAX_RECORDED)
 
 
 def enqueue_preannotation(project: str, task_ids: list[int], model_version: str,
-                          settings: Settings | None = None) -> PreannotationRequest:
+                          settings: Settings) -> PreannotationRequest:
     """Queue background pre-annotation of ``task_ids``; returns at once.
 
-    Called from ``/predict``, which must answer whatever happens to Redis: an unreachable queue
-    is logged, and the tasks stay unpredicted until the next "Retrieve predictions" or
+    The tasks are held first (:mod:`worker.inflight`), so ``/predict`` leaves them to the job
+    until it wrote them; they are released at once when no job takes them. Called from
+    ``/predict``, which must answer whatever happens to Redis: an unreachable queue is logged,
+    and the tasks stay unpredicted until the next "Retrieve predictions" or
     ``isnet preannotate --missing``.
     """
     item = PreannotationRequest(project, tuple(task_ids), model_version)
@@ -101,11 +104,23 @@ def enqueue_preannotation(project: str, task_ids: list[int], model_version: str,
     if project_id is None:
         log.warning("pre-annotation of %d task(s) not queued: no project id in %r", len(task_ids), project)
         return item
+    holds = inflight.registry(settings)
+    if settings.redis_url or settings.label_studio_api_key:  # else no job can write them: nothing to wait for
+        holds.hold(project_id, model_version, task_ids)
     try:
         work_queue.submit(project_id, list(task_ids), model_version, settings)
     except QueueUnavailable as exc:
+        holds.release(project_id, model_version, task_ids)
         log.error("pre-annotation of %d task(s) not queued: %s", len(task_ids), exc)
     return item
+
+
+def in_flight(project: str, model_version: str, task_ids: list[int], settings: Settings) -> set[int]:
+    """The tasks among ``task_ids`` that background pre-annotation holds: ``/predict`` leaves them to it."""
+    project_id = _project_id(project)
+    if project_id is None or not task_ids:
+        return set()
+    return inflight.registry(settings).held(project_id, model_version, task_ids)
 
 
 def enqueue_event(action: str, project_id: int | None, data: dict[str, Any], settings: Settings) -> Handover:

@@ -21,6 +21,7 @@ import numpy as np
 from backend.isnet import calibration_sample
 from backend.server.inference import InferenceService
 from backend.settings import Settings
+from worker import inflight
 from worker.jobs import ChunkOutcome, preannotate_tasks
 from worker.lsclient import LabelStudioClient
 from worker.predictor import Predictor, SegmenterPredictor, ServicePredictor
@@ -57,6 +58,7 @@ class LocalRunner:
                 if self._waiting + len(part) > self.settings.local_queue:
                     self.dropped += len(part)
                     log.warning("in-process pre-annotation queue is full: %d task(s) dropped", len(part))
+                    inflight.registry(self.settings).release(project_id, model_version, part)  # /predict may take them
                     continue
                 self._waiting += len(part)
                 self._idle.clear()
@@ -95,10 +97,10 @@ class LocalRunner:
     def _run(self) -> None:
         client = LabelStudioClient.from_settings(self.settings)
         while True:
-            project_id, part, _version = self._queue.get()
+            project_id, part, version = self._queue.get()
             try:
                 preannotate_tasks(project_id, part, client=client, predictor=self,
-                                  settings=self.settings, report=self._report)
+                                  settings=self.settings, report=self._report, held_version=version)
             except Exception:  # Label Studio down through every retry, or a bug: this chunk only
                 log.exception("in-process pre-annotation of %d task(s) failed", len(part))
                 self.progress.incr("failed", len(part))
