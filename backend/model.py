@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from backend.images import ImageError, load_image
 from backend.interactive import InteractiveAnnotator, has_prompts
 from backend.isnet import calibration_sample
-from backend.images import ImageError, load_image
 from backend.labelstudio.auth import LabelStudioAuth
 from backend.labelstudio.config import BrushTarget, LabelConfigError, parse_label_config
 from backend.labelstudio.fetch import FetchError, ImageFetcher
