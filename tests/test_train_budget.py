@@ -118,3 +118,21 @@ def test_on_a_slow_machine_the_held_out_images_that_fit_are_scored_and_the_repor
     available = report.budget["held_out_available"]
     assert available > 6 and report.budget["held_out_scored"] == len(report.held_out) == 6
     assert f"6 of {available} held-out images scored within the budget" in report.decision.reason
+
+
+def test_the_gt_encoder_stage_stops_at_its_share_of_the_budget_without_a_last_check(duts_tr):
+    import torch
+
+    from backend.isnet.training.data import Dataset, load_pairs
+    from backend.isnet.training.gt_encoder import train_gt_encoder
+    from backend.isnet.training.tiny import TinyGTEncoder
+
+    pairs = load_pairs(Dataset.from_folders(duts_tr / "images", duts_tr / "masks").items[:4], 64_000_000, 64)[0]
+    options = dataclasses.replace(OPTIONS, gt_max_iters=100_000, gt_check_every=100_000, gt_target_f=1.1)
+    torch.manual_seed(0)
+    train_gt_encoder(TinyGTEncoder(), pairs, dataclasses.replace(options, gt_max_iters=2))  # first-call costs
+    budget = Budget.minutes(0.2)  # 12 s: the GT encoder may take a quarter, 3 s
+    started = time.monotonic()
+    result = train_gt_encoder(TinyGTEncoder(), pairs, options, budget=budget)
+    assert result.stopped_by == "budget" and result.steps > 1 and not result.reached
+    assert result.checks == [] and time.monotonic() - started < 4.5
