@@ -3,8 +3,9 @@
 1. ``duts``: every ``duts-te-500`` image with its ground-truth bounding box plus 10% as the
    prompt. Mean IoU (threshold 0.5) of the box prompt's mask, next to the full-image prediction
    at the serving size. Bar: the box is not below the full image.
-2. ``canvas``: 100 two-object canvases, two consecutive ``duts-te-500`` images side by side at
-   their own scale (top-aligned, the rest grey). The box around one object (alternately left and
+2. ``canvas``: 100 two-object canvases, two ``duts-te-500`` images of the same height side by
+   side at their own scale (consecutive in name order among images of that height; no padding,
+   which would put an artificial flat region into the crops). The box around one object (alternately left and
    right) against that object predicted alone (its own image, full-image prediction); the
    full-canvas prediction's IoU for the same object is printed beside it. Bar: within 0.02.
 3. ``latency``: a box prompt on the 3000x2000 ``bike.jpeg`` through ``POST /predict`` of a real
@@ -32,9 +33,10 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
-from backend.isnet.engines import create_engine
+from backend.geometry import Box
 from backend.images import load_image, load_mask
-from backend.isnet.prompting import Box, segment_object
+from backend.isnet.engines import create_engine
+from backend.isnet.prompting import segment_object
 from backend.isnet.registry import ModelRegistry
 from backend.isnet.segmenter import Segmenter
 from backend.settings import load
@@ -45,7 +47,6 @@ from serve import IMAGE, backend, file_server
 
 DUTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "duts-te-500"
 PROMPT_PAD = 0.10
-CANVAS_GREY = 128
 LATENCY_BAR_S = 1.0
 CANVAS_BAR = 0.02
 CONFIG = BRUSH_CONFIG.replace(
@@ -86,8 +87,13 @@ class Models:
         version = ModelRegistry(settings).current()
         self.engine = create_engine(engine, version, settings, settings.input_size)
         self.full = Segmenter(self.engine, settings.input_size)
-        self.crops = {size: Segmenter(self.engine, size) for size in sizes}
+        self.sizes = sizes
+        self._segmenters: dict[int, Segmenter] = {}
         self._whole: dict[str, np.ndarray] = {}
+
+    def crop_predict(self, size: int):
+        """What the server does for a crop: the same engine at the interactive input size."""
+        return self._segmenters.setdefault(size, Segmenter(self.engine, size)).predict
 
     def whole(self, name: str, image: np.ndarray) -> np.ndarray:
         if name not in self._whole:
@@ -108,9 +114,10 @@ def bench_duts(models: Models, pairs, margins: list[float]) -> None:
         if box is None:
             continue
         rows["full image"].append(iou(models.whole(name, image), gt))
-        for size, seg in models.crops.items():
+        for size in models.sizes:
             for margin in margins:
-                prob = segment_object(image, seg.predict, box.clip(image.shape[1], image.shape[0]), margin=margin)
+                prob = segment_object(image, models.crop_predict(size), box.clip(image.shape[1], image.shape[0]),
+                                      margin=margin)
                 rows.setdefault(f"box, size {size}, margin {margin:g}", []).append(iou(prob, gt))
     full = float(np.mean(rows["full image"]))
     print(f"\nduts-te-500, {len(rows['full image'])} images, prompt = ground-truth box + {PROMPT_PAD:.0%}")
@@ -120,36 +127,43 @@ def bench_duts(models: Models, pairs, margins: list[float]) -> None:
         print(f"  {label:32} mean IoU {mean:.4f}{verdict}")
 
 
-def canvas(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, int]:
-    """Two images side by side, top-aligned on grey; the x where the right one starts."""
-    height = max(left.shape[0], right.shape[0])
-    out = np.full((height, left.shape[1] + right.shape[1], 3), CANVAS_GREY, np.uint8)
-    out[: left.shape[0], : left.shape[1]] = left
-    out[: right.shape[0], left.shape[1]:] = right
-    return out, left.shape[1]
+def canvas_pairs(pairs, count: int) -> list[tuple[int, int]]:
+    """Indices of ``count`` image pairs of the same height, consecutive in name order within a height."""
+    waiting: dict[int, int] = {}
+    out = []
+    for k, (_, image, _) in enumerate(pairs):
+        height = image.shape[0]
+        if height in waiting:
+            out.append((waiting.pop(height), k))
+            if len(out) == count:
+                break
+        else:
+            waiting[height] = k
+    return out
 
 
 def bench_canvas(models: Models, pairs, margins: list[float], count: int) -> None:
     alone, full, boxed = [], [], {}
-    for k in tqdm(range(min(count, len(pairs) - 1)), desc="two-object canvases"):
-        (na, a, ga), (nb, b, gb) = pairs[k], pairs[k + 1]
-        image, offset = canvas(a, b)
-        pick_right = k % 2 == 1
+    for n, (i, j) in enumerate(tqdm(canvas_pairs(pairs, count), desc="two-object canvases")):
+        (na, a, ga), (nb, b, gb) = pairs[i], pairs[j]
+        image = np.concatenate([a, b], axis=1)
+        pick_right = n % 2 == 1
         name, own, gt_own = (nb, b, gb) if pick_right else (na, a, ga)
         gt = np.zeros(image.shape[:2], bool)
-        x0 = offset if pick_right else 0
-        gt[: gt_own.shape[0], x0: x0 + gt_own.shape[1]] = gt_own
+        x0 = a.shape[1] if pick_right else 0
+        gt[:, x0: x0 + gt_own.shape[1]] = gt_own
         box = gt_box(gt)
         if box is None:
             continue
         alone.append(iou(models.whole(name, own), gt_own))
         full.append(iou(models.full.predict_one(image), gt))
-        for size, seg in models.crops.items():
+        for size in models.sizes:
             for margin in margins:
-                prob = segment_object(image, seg.predict, box.clip(image.shape[1], image.shape[0]), margin=margin)
+                prob = segment_object(image, models.crop_predict(size), box.clip(image.shape[1], image.shape[0]),
+                                      margin=margin)
                 boxed.setdefault((size, margin), []).append(iou(prob, gt))
     ref = float(np.mean(alone))
-    print(f"\n{len(alone)} two-object canvases (duts-te-500 pairs side by side), one object per canvas")
+    print(f"\n{len(alone)} two-object canvases (duts-te-500 images of the same height side by side), one object each")
     print(f"  object predicted alone (its own image)  mean IoU {ref:.4f}")
     print(f"  full-canvas prediction, same object     mean IoU {float(np.mean(full)):.4f}")
     for (size, margin), values in boxed.items():
@@ -216,7 +230,7 @@ def main() -> None:
     if parts & {"duts", "canvas"}:
         models = Models(args.engine, sizes)
         print(f"engine {models.engine.name}, full images at {models.full.size}, crops at {sizes}")
-        pairs = read_pairs(max(args.limit, args.canvases + 1 if "canvas" in parts else 0))
+        pairs = read_pairs(len(list((DUTS / "masks").glob("*.png"))) if "canvas" in parts else args.limit)
         if "duts" in parts:
             bench_duts(models, pairs[: args.limit], margins)
         if "canvas" in parts:

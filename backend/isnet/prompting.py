@@ -22,7 +22,7 @@ from backend.geometry import Box, Click
 
 Predict = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
-DEFAULT_MARGIN = 0.5
+DEFAULT_MARGIN = 0.4
 """Context around a box, as a fraction of the box's width and height on each side."""
 CLICK_CROP = 0.4
 """Side of the crop around a click on background, as a fraction of the region it lies in."""
