@@ -28,7 +28,7 @@ from backend.labelstudio.fetch import ImageFetcher
 from backend.labelstudio.prompts import PromptError, parse_prompts
 from backend.labelstudio.results import brush_result
 from backend.labelstudio.tasks import image_url, task_label
-from backend.server.inference import PRIORITY_PROMPT, InferenceService
+from backend.service.inference import PRIORITY_PROMPT, InferenceService
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ and :meth:`ISNetModel.fit` (``event, data, **kwargs``). One instance lives per s
 because the network is loaded once; the labeling config comes with every call.
 
 Why it stays thin: parsing configs, fetching images, RLE and result dicts are the
-:mod:`backend.labelstudio` library, inference is :mod:`backend.server.inference`, and the HTTP
+:mod:`backend.labelstudio` library, inference is :mod:`backend.service.inference`, and the HTTP
 protocol is :mod:`backend.server`. This module decides what happens to each task:
 
 * it is fetched, hashed and, unless its result is cached, decoded and segmented, in chunks
@@ -42,10 +42,10 @@ from backend.labelstudio.config import BrushTarget, LabelConfigError, parse_labe
 from backend.labelstudio.fetch import FetchError, ImageFetcher
 from backend.labelstudio.results import brush_result
 from backend.labelstudio.tasks import TaskImageError, image_url
-from backend.server.cache import CacheKey, ResultCache
-from backend.server.inference import PRIORITY_BATCH, PRIORITY_INTERACTIVE, InferenceService, VersionWatcher
-from backend.server.logs import current_request_id
-from backend.server.stats import Stats
+from backend.service.cache import CacheKey, ResultCache
+from backend.service.inference import PRIORITY_BATCH, PRIORITY_INTERACTIVE, InferenceService, VersionWatcher
+from backend.service.logs import current_request_id
+from backend.service.stats import Stats
 from backend.settings import Settings, load
 from worker import hooks
 from worker.retrain import latest_report

@@ -68,7 +68,7 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def seconds_per_image(model_dir) -> float:
     """The engine's speed at 1024 on this machine (it builds the engine first if none was there)."""
-    from backend.server.inference import VersionWatcher, load_segmenter
+    from backend.service.inference import VersionWatcher, load_segmenter
 
     settings = Settings(model_dir_env=str(model_dir), engine=ENGINE, input_size=SIZE, device="cpu", weights="")
     segmenter = load_segmenter(settings, VersionWatcher(settings).current())

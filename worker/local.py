@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from backend.isnet import calibration_sample
-from backend.server.inference import InferenceService
+from backend.service.inference import InferenceService
 from backend.settings import Settings
 from worker import inflight
 from worker.jobs import ChunkOutcome, preannotate_tasks

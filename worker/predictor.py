@@ -1,7 +1,7 @@
 """What turns images into masks for a pre-annotation job, and under which model version.
 
 Two kinds, one interface (:class:`Predictor`): a worker process loads its own network
-through the registry, exactly as the server does (:func:`backend.server.inference.load_segmenter`
+through the registry, exactly as the server does (:func:`backend.service.inference.load_segmenter`
 and :class:`VersionWatcher`, so the version string is the one ``/setup`` reports); the server's
 in-process fallback borrows the server's :class:`InferenceService` at a priority below every
 ``/predict`` job, so background work waits whenever an annotator or Label Studio is waiting.
@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from backend.server.inference import PRIORITY_BATCH, InferenceService, VersionWatcher, load_segmenter
+from backend.service.inference import PRIORITY_BATCH, InferenceService, VersionWatcher, load_segmenter
 from backend.settings import Settings
 
 PRIORITY_BACKGROUND = PRIORITY_BATCH + 1

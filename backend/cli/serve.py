@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         # Fail here, with one clear line, rather than in every worker after the fork.
         check_input_size(settings.input_size)
         from backend.labelstudio.hosts import HostPolicy
-        from backend.server.inference import VersionWatcher
+        from backend.service.inference import VersionWatcher
 
         check_engine_name(settings.engine)
         HostPolicy(settings.label_studio_url, settings.allowed_hosts)  # LABEL_STUDIO_URL, ISNET_ALLOWED_HOSTS

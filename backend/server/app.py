@@ -15,10 +15,10 @@ from werkzeug.exceptions import HTTPException
 
 from backend.model import ISNetModel
 from backend.server.auth import basic_auth_ok
-from backend.server.logs import new_request_id, reset_request_id, set_request_id
 from backend.server.routes import bp, error
 from backend.server.state import ServerState
-from backend.server.stats import Stats
+from backend.service.logs import new_request_id, reset_request_id, set_request_id
+from backend.service.stats import Stats
 from backend.settings import Settings, load
 
 log = logging.getLogger("backend.server.access")

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
-from backend.server.logs import logging_config
+from backend.service.logs import logging_config
 from backend.settings import Settings
 
 # Seconds a worker may go without a heartbeat; the gthread main loop beats while requests run.

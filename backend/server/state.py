@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from flask import g
 
 from backend.model import ISNetModel
-from backend.server.stats import Stats
+from backend.service.stats import Stats
 from backend.settings import Settings
 
 # Request threads kept free of /predict, so /health, /setup and /webhook always find one.

@@ -31,7 +31,7 @@ import numpy as np
 from backend.isnet.registry import ModelRegistry, ModelVersion
 from backend.isnet.segmenter import Segmenter
 from backend.isnet.weights import WeightCache
-from backend.server.logs import reset_request_id, set_request_id
+from backend.service.logs import reset_request_id, set_request_id
 from backend.settings import Settings, check_input_size
 
 log = logging.getLogger(__name__)
