@@ -64,7 +64,7 @@ class TqdmProgress:
                 self._bar.total = event.total
             self._bar.n = event.step
             if event.values:
-                self._bar.set_postfix({k: f"{v:.4f}" for k, v in event.values.items()}, refresh=False)
+                self._bar.set_postfix({k: f"{v:.4g}" for k, v in event.values.items()}, refresh=False)
             self._bar.refresh()
         if event.message:
             self._bar.write(f"[{event.stage}] {event.message}")
