@@ -30,10 +30,12 @@ worker: weights
 
 test: weights
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports  # the layering contracts in pyproject.toml
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: weights
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done

@@ -37,6 +37,8 @@ import numpy as np
 from backend.images import ImageError, load_image
 from backend.interactive import InteractiveAnnotator, has_prompts
 from backend.isnet import calibration_sample
+from backend.jobs import hooks
+from backend.jobs.retrain_status import latest_report
 from backend.labelstudio.auth import LabelStudioAuth
 from backend.labelstudio.config import BrushTarget, LabelConfigError, parse_label_config
 from backend.labelstudio.fetch import FetchError, ImageFetcher
@@ -47,8 +49,6 @@ from backend.service.inference import PRIORITY_BATCH, PRIORITY_INTERACTIVE, Infe
 from backend.service.logs import current_request_id
 from backend.service.stats import Stats
 from backend.settings import Settings, load
-from worker import hooks
-from worker.retrain import latest_report
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class ISNetModel:
         """Record a Label Studio event and hand it to the background; returns at once.
 
         ``TASKS_CREATED`` becomes pre-annotation jobs; annotation events and ``START_TRAINING``
-        one coalesced retraining job per project (:mod:`worker.retrain_queue`).
+        one coalesced retraining job per project (:mod:`backend.jobs.retrain_queue`).
         """
         project = data.get("project")
         project_id = project.get("id") if isinstance(project, dict) else project

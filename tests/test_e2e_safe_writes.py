@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from backend.jobs.preannotate import preannotate_tasks
+from backend.jobs.predictor import SegmenterPredictor
+from backend.labelstudio.client import LabelStudioClient
 from backend.settings import Settings, load
 from tests.delaying_proxy import DelayingProxy, first
 from tests.paths import DIS_DEMO_IMAGES
-from worker.jobs import preannotate_tasks
-from worker.lsclient import LabelStudioClient
-from worker.predictor import SegmenterPredictor
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,7 @@ def test_a_prediction_stored_but_answered_after_the_client_timeout_is_not_writte
     project = label_studio.create_project("safe writes", CONFIG)
     task_ids = label_studio.upload_images(project, images(tmp_path, 2))
     client = LabelStudioClient.from_settings(settings)
-    with caplog.at_level(logging.WARNING, logger="worker.lsclient"):
+    with caplog.at_level(logging.WARNING, logger="backend.labelstudio.client"):
         outcome = preannotate_tasks(project, task_ids, client=client, predictor=SegmenterPredictor(settings),
                                     settings=settings)
 

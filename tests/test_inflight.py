@@ -16,17 +16,17 @@ from collections.abc import Iterator
 import pytest
 from redis import Redis
 
+from backend.jobs import hooks, inflight, local
+from backend.jobs.inflight import InFlight, MemoryInFlight, MemoryTable, RedisInFlight
+from backend.jobs.preannotate import preannotate_tasks
+from backend.jobs.predictor import SegmenterPredictor
+from backend.labelstudio.client import LabelStudioClient, LabelStudioDown
 from backend.model import ISNetModel
 from backend.server.app import create_app
 from backend.settings import Settings
 from tests import labelstudio_server
 from tests.conftest import FAKE_LS_TOKEN
 from tests.test_preannotate import BRUSH_CONFIG, png
-from worker import hooks, inflight, local
-from worker.inflight import InFlight, MemoryInFlight, MemoryTable, RedisInFlight
-from worker.jobs import preannotate_tasks
-from worker.lsclient import LabelStudioClient, LabelStudioDown
-from worker.predictor import SegmenterPredictor
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 _projects = itertools.count(7000)

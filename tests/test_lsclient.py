@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from backend.labelstudio.auth import LabelStudioAuth
-from worker.lsclient import LabelStudioClient, LabelStudioDown, TaskRejected
+from backend.labelstudio.client import LabelStudioClient, LabelStudioDown, TaskRejected
 
 TOKEN = "stub-legacy-token-0123456789"
 TIMEOUT_S = 0.5

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from backend.isnet.registry import CHECKPOINT_FILE, ModelRegistry
+from backend.jobs import hooks
 from backend.model import ISNetModel
 from backend.settings import Settings
-from worker import hooks
 
 CONFIG = (
     '<View><Image name="image" value="$image"/>'

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.jobs.preannotate import preannotate_tasks
+from backend.jobs.predictor import SegmenterPredictor
+from backend.jobs.queue import chunks, job_id
+from backend.labelstudio.client import LabelStudioClient, LabelStudioDown, TaskRejected
 from backend.labelstudio.config import BrushTarget
 from backend.labelstudio.results import brush_result
 from backend.settings import Settings
 from tests.conftest import FAKE_LS_TOKEN
-from worker.jobs import preannotate_tasks
-from worker.lsclient import LabelStudioClient, LabelStudioDown, TaskRejected
-from worker.predictor import SegmenterPredictor
-from worker.queue import chunks, job_id
 
 BRUSH_CONFIG = (
     '<View><Image name="image" value="$image"/>'

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.jobs.retrain_status import latest_report, project_dir
+from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.config import parse_label_config
 from backend.labelstudio.fetch import ImageFetcher
 from tests.retrain_helpers import BRUSH_CONFIG, PROJECT, add_duts_tasks, annotation, brush, settings_for
 from worker.export import annotation_mask, export_tasks, write_snapshot
-from worker.lsclient import LabelStudioClient
-from worker.retrain import latest_report, project_dir, retrain_project
+from worker.retrain import retrain_project
 
 
 @pytest.fixture

@@ -17,10 +17,10 @@ import requests
 from redis import Redis
 from rq import Queue
 
+from backend.jobs import hooks, retrain_queue
+from backend.jobs.retrain_status import latest_report, project_dir, read_json
 from tests import labelstudio_server
 from tests.retrain_helpers import PROJECT, add_duts_tasks, retrain_env, settings_for
-from worker import hooks, retrain_queue
-from worker.retrain import latest_report, project_dir, read_json
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -16,7 +16,7 @@ from backend.isnet.training.budget import Budget, StepTimer, learning_rate, plan
 from backend.isnet.training.cycle import _warm_up
 from backend.isnet.training.progress import STATUS_FILE
 from backend.isnet.training.tiny import TINY
-from worker.retrain import latest_report
+from backend.jobs.retrain_status import latest_report
 
 BUDGET_S = 12.0
 OPTIONS = TrainOptions(iters=0, budget_min=BUDGET_S / 60, size=64, batch=2, lr=1e-3, device="cpu",

@@ -16,10 +16,10 @@ import pytest
 from redis import Redis
 from rq import Queue
 
+from backend.jobs import hooks, local, retrain_queue
 from backend.model import ISNetModel
 from backend.server.app import create_app
 from backend.settings import Settings
-from worker import hooks, local, retrain_queue
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PROJECT = 7
@@ -59,7 +59,7 @@ def event(action: str, project: int | None = PROJECT, task_ids: tuple[int, ...] 
 
 @pytest.mark.parametrize("action", ACTIONS)
 def test_without_an_api_key_the_in_process_worker_skips_the_event_and_says_why(client, action, caplog):
-    with caplog.at_level(logging.WARNING, logger="worker.hooks"):
+    with caplog.at_level(logging.WARNING, logger="backend.jobs.hooks"):
         response = client.post("/webhook", json=event(action))
     assert response.status_code == 200
     body = response.get_json()

@@ -16,15 +16,15 @@ import pytest
 from redis import Redis
 from rq import Queue, SimpleWorker
 
+from backend.jobs import hooks, local
+from backend.jobs.predictor import SegmenterPredictor
+from backend.jobs.queue import progress, submit
 from backend.model import ISNetModel
 from backend.server.app import create_app
 from backend.settings import Settings
 from tests import labelstudio_server
 from tests.conftest import FAKE_LS_TOKEN
 from tests.test_preannotate import BRUSH_CONFIG, png
-from worker import hooks, local
-from worker.predictor import SegmenterPredictor
-from worker.queue import progress, submit
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PROJECT = 5

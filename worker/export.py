@@ -24,11 +24,11 @@ import numpy as np
 from PIL import Image
 
 from backend.images import ImageError
+from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.config import BrushTarget
 from backend.labelstudio.fetch import FetchError, ImageFetcher
 from backend.labelstudio.results import result_to_mask
 from backend.labelstudio.tasks import TaskImageError, load_task_image
-from worker.lsclient import LabelStudioClient
 
 log = logging.getLogger(__name__)
 

@@ -1,209 +1,19 @@
-"""One pre-annotation job: predict a chunk of a project's tasks and write the predictions to Label Studio.
-
-Why it is idempotent: a job may run twice (a worker killed mid-chunk, a retry after Label
-Studio was down, the webhook and ``/predict``'s overflow naming the same task). Before a task is
-predicted, and again just before its prediction is written, the job asks Label Studio whether the
-task already has a prediction of the current model version; if so the task is skipped. Re-running
-after a crash therefore finishes only what is missing and adds no duplicates.
-
-Why it reports to :mod:`worker.inflight`: ``/predict`` leaves a handed-over task to the job while
-it is held. A stored prediction turns the hold into a written mark (a ``/predict`` already under
-way must not answer the task too); a task that failed, or a chunk that stopped, is released so the
-next "Retrieve predictions" tries again.
-
-The ``score`` written with each prediction is the one ``/predict`` gives (one definition, in
-:func:`backend.labelstudio.results.brush_result`): the model's mean confidence inside the
-predicted region, 0 for an image with no region. Sorting the Data Manager by prediction score,
-ascending, therefore shows first the images whose masks the model is least sure of.
-"""
+"""The RQ job that pre-annotates a chunk of tasks: :func:`backend.jobs.preannotate.preannotate_tasks`
+with this worker's network, its progress in the job's meta and the queue's shared counters."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
-from backend.images import ImageError
+from backend.jobs.preannotate import ChunkOutcome, preannotate_tasks
+from backend.jobs.predictor import SegmenterPredictor
 from backend.labelstudio.auth import LabelStudioAuth
-from backend.labelstudio.config import BrushTarget, parse_label_config
-from backend.labelstudio.fetch import FetchError, ImageFetcher
-from backend.labelstudio.results import brush_result
-from backend.labelstudio.tasks import TaskImageError, load_task_image
+from backend.labelstudio.client import LabelStudioClient
+from backend.labelstudio.fetch import ImageFetcher
 from backend.settings import Settings, load
-from worker.inflight import InFlight, registry
-from worker.lsclient import LabelStudioClient, TaskRejected
-from worker.predictor import Predictor, SegmenterPredictor
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ChunkOutcome:
-    """What one job did; also its RQ job meta while it runs."""
-
-    project: int
-    total: int
-    model_version: str = ""
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-Report = Callable[[str, ChunkOutcome], None]
-"""Called after each task with the counter that moved (``done``, ``skipped``, ``failed``)."""
-
-
-def _noop(_: str, __: ChunkOutcome) -> None:
-    pass
-
-
-def preannotate_tasks(project_id: int, task_ids: list[int], *, client: LabelStudioClient,
-                      predictor: Predictor, settings: Settings, fetcher: ImageFetcher | None = None,
-                      report: Report = _noop, force: bool = False, held_version: str = "",
-                      inflight: InFlight | None = None) -> ChunkOutcome:
-    """Predict and write each task that has no prediction of the current version yet (every task: ``force``).
-
-    4xx answers fail the task they concern and the chunk goes on; Label Studio down through
-    every retry raises :class:`worker.lsclient.LabelStudioDown` so the job is retried later.
-    ``held_version``: the version the tasks were handed over under, whose holds are settled
-    (``inflight``, by default the one ``settings`` name).
-    """
-    chunk = _Chunk(project_id, task_ids, client, predictor, settings, report, force,
-                   inflight or registry(settings), held_version)
-    try:
-        chunk.run(fetcher or ImageFetcher(settings, client.auth))
-    finally:
-        chunk.release_unresolved()
-    return chunk.outcome
-
-
-class _Chunk:
-    """One chunk's run: its counters, and what each task's hold becomes."""
-
-    def __init__(self, project_id: int, task_ids: list[int], client: LabelStudioClient, predictor: Predictor,
-                 settings: Settings, report: Report, force: bool, inflight: InFlight, held_version: str) -> None:
-        self.task_ids = task_ids
-        self.client = client
-        self.predictor = predictor
-        self.settings = settings
-        self.report = report
-        self.force = force
-        self.inflight = inflight
-        self.held_version = held_version
-        self.outcome = ChunkOutcome(project_id, len(task_ids))  # the version is read when the network is needed
-        self.resolved: set[int] = set()
-
-    def run(self, fetcher: ImageFetcher) -> None:
-        """The project's brush target, then the tasks in engine batches of ``ISNET_PREDICT_BATCH``."""
-        try:
-            project = self.client.project(self.outcome.project)
-            target = parse_label_config(project.get("label_config") or "", from_name=self.settings.from_name or None,
-                                        label=self.settings.label or None)
-        except (TaskRejected, ValueError) as exc:
-            for task_id in self.task_ids:
-                self.fail(task_id, f"project {self.outcome.project}: {exc}")
-            return
-        size = max(1, self.settings.predict_batch)
-        for start in range(0, len(self.task_ids), size):
-            self.run_batch(self.task_ids[start:start + size], fetcher, target)
-
-    def run_batch(self, task_ids: list[int], fetcher: ImageFetcher, target: BrushTarget) -> None:
-        """Skip, fetch, predict (one engine batch) and write the tasks of one batch."""
-        version = self.predictor.model_version
-        self.outcome.model_version = version
-        wanted = [task_id for task_id in task_ids if self.missing(task_id, version)]
-        if not wanted:
-            return
-        try:
-            found = self.client.tasks(self.outcome.project, wanted)
-        except TaskRejected as exc:
-            for task_id in wanted:
-                self.fail(task_id, str(exc))
-            return
-        todo: list[tuple[int, np.ndarray]] = []
-        for task_id in wanted:
-            task = found.get(task_id)
-            if task is None:
-                self.fail(task_id, f"not in project {self.outcome.project} (deleted?)")
-                continue
-            try:
-                todo.append((task_id, load_task_image(task, target, fetcher, self.settings.max_pixels)))
-            except (TaskImageError, ImageError, FetchError) as exc:
-                # Written as an empty prediction, as /predict does, so the task is not tried forever.
-                self.write(task_id, [], 0.0, version, failed=str(exc))
-        if not todo:
-            return
-        ran_version, masks = self.predictor.predict([image for _, image in todo])
-        self.outcome.model_version = ran_version
-        for (task_id, _), mask in zip(todo, masks, strict=True):
-            result, score = brush_result(mask, target, self.settings.threshold)
-            self.write(task_id, result, score, ran_version)
-
-    def missing(self, task_id: int, version: str) -> bool:
-        """True when the task still needs a prediction of ``version`` (always with ``force``); else counted."""
-        if self.force:
-            return True
-        try:
-            if self.client.find_prediction(task_id, version) is None:
-                return True
-        except TaskRejected as exc:
-            self.fail(task_id, str(exc))
-            return False
-        self.stored("skipped", task_id, version)
-        return False
-
-    def write(self, task_id: int, result: list[dict[str, Any]], score: float, version: str,
-              failed: str | None = None) -> None:
-        """Write one prediction, looking first whether ``/predict`` or another job wrote one meanwhile."""
-        if not self.missing(task_id, version):
-            return
-        try:
-            self.client.create_prediction(task_id, result, score, version)
-        except TaskRejected as exc:
-            self.fail(task_id, str(exc))
-            return
-        self.stored("failed" if failed else "done", task_id, version, failed)
-
-    def stored(self, name: str, task_id: int, version: str, error: str | None = None) -> None:
-        """The task has its prediction of ``version`` in Label Studio: its hold becomes a written mark."""
-        project = self.outcome.project
-        self.inflight.written(project, version, [task_id])
-        if self.held_version and self.held_version != version:
-            self.inflight.release(project, self.held_version, [task_id])
-        self.count(name, task_id, error)
-
-    def fail(self, task_id: int, error: str) -> None:
-        """The task got no prediction: released, so the next ``/predict`` may answer it."""
-        self.release([task_id])
-        self.count("failed", task_id, error)
-
-    def release(self, task_ids: list[int]) -> None:
-        for version in {self.held_version, self.outcome.model_version} - {""}:
-            self.inflight.release(self.outcome.project, version, task_ids)
-
-    def release_unresolved(self) -> None:
-        """Tasks the chunk never got to (it stopped on an error) are released too."""
-        rest = [task_id for task_id in self.task_ids if task_id not in self.resolved]
-        if rest:
-            self.release(rest)
-
-    def count(self, name: str, task_id: int, error: str | None = None) -> None:
-        self.resolved.add(task_id)
-        setattr(self.outcome, name, getattr(self.outcome, name) + 1)
-        if error:
-            self.outcome.errors.append(f"task {task_id}: {error}"[:300])
-            log.warning("pre-annotation of task %s failed: %s", task_id, error)
-        self.report(name, self.outcome)
-
-
-# -- the RQ entry point ---------------------------------------------------------------------
 
 _predictor: SegmenterPredictor | None = None
 
@@ -224,7 +34,7 @@ def run_preannotation(project_id: int, task_ids: list[int], requested_version: s
     """
     from rq import get_current_job
 
-    from worker.progress import RedisProgress
+    from backend.jobs.progress import RedisProgress
 
     settings = load()
     job = get_current_job()

@@ -23,79 +23,31 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backend.jobs.retrain_queue import LOCK_TIMEOUT_S, force_key, lock_key, pending_key
+from backend.jobs.retrain_status import (
+    LATEST_FILE,
+    STATE_FILE,
+    datasets_dir,
+    project_dir,
+    read_json,
+    write_json,
+)
+from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.config import parse_label_config
 from backend.labelstudio.fetch import ImageFetcher
 from backend.settings import Settings, load
 from worker.export import export_tasks, labels_of, write_snapshot
-from worker.lsclient import LabelStudioClient
 
 if TYPE_CHECKING:
     from backend.isnet.training.networks import Networks
     from backend.isnet.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "state.json"
-LATEST_FILE = "latest.json"
-
-
-def datasets_dir(settings: Settings) -> Path:
-    return settings.model_dir / "datasets"
-
-
-def project_dir(settings: Settings, project_id: int) -> Path:
-    return datasets_dir(settings) / f"project-{project_id}"
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The file's JSON object, or None when it is missing or half-written."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def write_json(path: Path, value: dict[str, Any]) -> None:
-    """Atomically (a reader such as ``/metrics`` never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def latest_report(settings: Settings) -> dict[str, Any] | None:
-    """The last retraining outcome of any project, with the running or last cycle (from Label Studio or
-    ``isnet train``) under ``cycle``: stage, step, total, ETA, loss, and at the end the decision (cheap:
-    two small files)."""
-    from backend.isnet.training.progress import STATUS_FILE
-
-    outcome = read_json(datasets_dir(settings) / LATEST_FILE)
-    cycle = read_json(settings.model_dir / STATUS_FILE)
-    if cycle is None:
-        return outcome
-    return {**(outcome or {}), "cycle": _checked_alive(cycle)}
-
-
-def _checked_alive(cycle: dict[str, Any]) -> dict[str, Any]:
-    """A "running" cycle whose process is gone (same host) is shown as ``interrupted``."""
-    if cycle.get("status") != "running" or cycle.get("host") != socket.gethostname():
-        return cycle
-    try:
-        os.kill(int(cycle.get("pid", 0)), 0)
-    except (ProcessLookupError, ValueError):
-        return {**cycle, "status": "interrupted"}
-    except PermissionError:  # alive, another user's
-        pass
-    return cycle
-
 
 def cycle_options(settings: Settings) -> TrainOptions:
     """The options of a Label Studio-fed cycle: the settings' defaults, exactly what ``isnet train``
@@ -180,3 +132,19 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def run_job(project_id: int) -> dict[str, Any]:
+    """The RQ job: wait for the project's lock, then clear the marker (new events queue a successor) and train."""
+    from redis import Redis
+    from rq import get_current_job
+
+    settings = load()
+    connection = Redis.from_url(settings.redis_url)
+    job = get_current_job()
+    with connection.lock(lock_key(settings.queue_name, project_id), timeout=LOCK_TIMEOUT_S, blocking_timeout=None):
+        pending = pending_key(settings.queue_name, project_id)
+        if job is not None and connection.get(pending) == job.id.encode():
+            connection.delete(pending)
+        force = bool(connection.getdel(force_key(settings.queue_name, project_id)))
+        return retrain_project(project_id, force=force, settings=settings)

@@ -32,10 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from worker.jobs import ChunkOutcome, preannotate_tasks
-    from worker.lsclient import LabelStudioClient, LabelStudioDown, TaskRejected
-    from worker.predictor import SegmenterPredictor
-    from worker.queue import QueueUnavailable, chunks, submit
+    from backend.jobs.connection import QueueUnavailable
+    from backend.jobs.preannotate import ChunkOutcome, preannotate_tasks
+    from backend.jobs.predictor import SegmenterPredictor
+    from backend.jobs.queue import chunks, submit
+    from backend.labelstudio.client import LabelStudioClient, LabelStudioDown, TaskRejected
 
     settings = load()
     client = LabelStudioClient.from_settings(settings)

@@ -13,9 +13,9 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, request
 
+from backend.jobs.connection import QueueUnavailable
 from backend.model import LabelConfigError
 from backend.server.state import ServerState
-from worker.queue import QueueUnavailable
 
 bp = Blueprint("protocol", __name__)
 

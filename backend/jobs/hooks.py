@@ -4,7 +4,7 @@ Why a seam: the server must answer ``/predict`` inside Label Studio's 100 s and 
 once, so anything longer is handed over here and never run in the request. Both functions
 record what they were given (in process, bounded, visible in ``GET /metrics``).
 :func:`enqueue_preannotation` (``/predict``'s overflow) and a ``TASKS_CREATED`` event given to
-:func:`enqueue_event` become pre-annotation jobs (:mod:`worker.queue`: RQ jobs of
+:func:`enqueue_event` become pre-annotation jobs (:mod:`backend.jobs.queue`: RQ jobs of
 ``ISNET_PREANNOTATE_BATCH`` tasks, or the in-process thread without ``REDIS_URL``) that predict
 the tasks and write the predictions to Label Studio; annotation events ask for a retraining
 cycle. :func:`enqueue_event` says what became of an event (:class:`Handover`), so ``/webhook``
@@ -25,17 +25,17 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from backend.jobs import inflight
+from backend.jobs import queue as work_queue
+from backend.jobs.connection import QueueUnavailable
 from backend.settings import Settings
-from worker import inflight
-from worker import queue as work_queue
-from worker.queue import QueueUnavailable
 
 __all__ = ["Handover", "QueueUnavailable", "enqueue_event", "enqueue_preannotation", "in_flight", "recorded"]
 
 MAX_RECORDED = 1000
 PREANNOTATE_EVENTS = frozenset({"TASKS_CREATED"})
 RETRAIN_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING"})
-"""Label changes ask for a retraining cycle of their project (:mod:`worker.retrain_queue` coalesces them)."""
+"""Label changes ask for a retraining cycle of their project (:mod:`backend.jobs.retrain_queue` coalesces them)."""
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def enqueue_preannotation(project: str, task_ids: list[int], model_version: str,
                           settings: Settings) -> PreannotationRequest:
     """Queue background pre-annotation of ``task_ids``; returns at once.
 
-    The tasks are held first (:mod:`worker.inflight`), so ``/predict`` leaves them to the job
+    The tasks are held first (:mod:`backend.jobs.inflight`), so ``/predict`` leaves them to the job
     until it wrote them; they are released at once when no job takes them. Called from
     ``/predict``, which must answer whatever happens to Redis: an unreachable queue is logged,
     and the tasks stay unpredicted until the next "Retrieve predictions" or
@@ -184,7 +184,7 @@ def _preannotate(project_id: int, data: dict[str, Any], settings: Settings) -> H
 
 def _retrain(project_id: int, force: bool, settings: Settings) -> Handover:
     """A retraining cycle for the project (one already waiting takes this event in)."""
-    from worker import retrain_queue
+    from backend.jobs import retrain_queue
 
     if retrain_queue.submit(project_id, force=force, settings=settings) is None:
         return _queued(f"joins the retraining cycle of project {project_id} already waiting")
@@ -218,6 +218,6 @@ def recorded() -> dict[str, Any]:
 
 def attach_inference(service: Any) -> None:
     """Without Redis, let the in-process pre-annotation thread share the server's inference thread."""
-    from worker.local import attach_service
+    from backend.jobs.local import attach_service
 
     attach_service(service)

@@ -176,7 +176,7 @@ def registry(settings: Settings) -> InFlight:
     key = (settings.redis_url, settings.redis_timeout)
     with _connections_lock:
         if key not in _connections:
-            from worker.queue import redis_connection
+            from backend.jobs.connection import redis_connection
 
             _connections[key] = redis_connection(settings)
         connection = _connections[key]

@@ -1,11 +1,11 @@
 """Pre-annotation without Redis: one background thread in the server process.
 
 Why one thread and a bounded queue: the server's network is busy answering ``/predict``; the
-thread borrows it (:class:`worker.predictor.ServicePredictor`, below every ``/predict`` job in the
+thread borrows it (:class:`backend.jobs.predictor.ServicePredictor`, below every ``/predict`` job in the
 inference queue) one small batch at a time, so an annotator waits at most for one batch. When
 more than ``ISNET_LOCAL_QUEUE`` tasks are waiting, new chunks are dropped with a log line
 ("Retrieve predictions" or ``isnet preannotate --missing`` fills them in later) instead of
-growing memory without bound; :func:`worker.hooks.enqueue_event` says so in the webhook answer.
+growing memory without bound; :func:`backend.jobs.hooks.enqueue_event` says so in the webhook answer.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 
 from backend.isnet import calibration_sample
+from backend.jobs import inflight
+from backend.jobs.preannotate import ChunkOutcome, preannotate_tasks
+from backend.jobs.predictor import Predictor, SegmenterPredictor, ServicePredictor
+from backend.jobs.progress import LocalProgress
+from backend.labelstudio.client import LabelStudioClient
 from backend.service.inference import InferenceService
 from backend.settings import Settings
-from worker import inflight
-from worker.jobs import ChunkOutcome, preannotate_tasks
-from worker.lsclient import LabelStudioClient
-from worker.predictor import Predictor, SegmenterPredictor, ServicePredictor
-from worker.progress import LocalProgress
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,8 @@
 """Where pre-annotation work goes: RQ jobs of ``ISNET_PREANNOTATE_BATCH`` tasks, or the in-process thread.
 
 Why chunks: a 10,000-task import must become many small jobs that several workers share and
-that each finish (and can be retried) in minutes. Why short Redis timeouts: Label Studio waits
-1 s for ``/webhook`` inside the import request, so an unreachable Redis must fail fast
-(:class:`QueueUnavailable`, which ``/webhook`` turns into a 503) rather than hang.
+that each finish (and can be retried) in minutes. The RQ job is named by its dotted path
+(``worker.jobs.run_preannotation``), so this interface never imports the worker package.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from backend.jobs.connection import QueueUnavailable, redis_connection
 from backend.settings import Settings, load
 
 JOB_FUNCTION = "worker.jobs.run_preannotation"
@@ -18,10 +18,6 @@ JOB_TIMEOUT_S = 3600
 RETRY_INTERVALS_S = [15, 60, 240]
 """A job that failed (Label Studio down through every in-job retry, a killed worker) runs again."""
 ACTIVE = {"queued", "started", "scheduled", "deferred"}
-
-
-class QueueUnavailable(Exception):
-    """Redis could not be reached in time."""
 
 
 def chunks(task_ids: list[int], size: int) -> list[list[int]]:
@@ -37,14 +33,6 @@ def job_id(project_id: int, model_version: str, task_ids: list[int]) -> str:
     return f"preannotate-{project_id}-{digest}"
 
 
-def redis_connection(settings: Settings) -> Any:
-    """A client that gives up after ``ISNET_REDIS_TIMEOUT`` seconds instead of blocking a request."""
-    from redis import Redis
-
-    return Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout,
-                          socket_connect_timeout=settings.redis_timeout)
-
-
 def submit(project_id: int, task_ids: list[int], model_version: str,
            settings: Settings | None = None) -> list[str]:
     """Queue pre-annotation of ``task_ids``; the ids of the jobs (or local chunks) created."""
@@ -53,7 +41,7 @@ def submit(project_id: int, task_ids: list[int], model_version: str,
     if not parts:
         return []
     if not settings.redis_url:
-        from worker.local import runner
+        from backend.jobs.local import runner
 
         return runner(settings).submit(project_id, parts, model_version)
     return _enqueue_rq(project_id, parts, model_version, settings)
@@ -64,7 +52,7 @@ def _enqueue_rq(project_id: int, parts: list[list[int]], model_version: str, set
     from rq import Queue, Retry
     from rq.job import Job
 
-    from worker.progress import RedisProgress
+    from backend.jobs.progress import RedisProgress
 
     connection = redis_connection(settings)
     ids = [job_id(project_id, model_version, part) for part in parts]
@@ -92,14 +80,14 @@ def progress(settings: Settings | None = None) -> dict[str, Any]:
     """Counters for ``/metrics``: from Redis (every worker) or the in-process thread."""
     settings = settings or load()
     if not settings.redis_url:
-        from worker.local import current_runner
+        from backend.jobs.local import current_runner
 
         local = current_runner()
         return {"backend": "in-process", **(local.snapshot() if local else {})}
     from redis.exceptions import RedisError
     from rq import Queue
 
-    from worker.progress import RedisProgress
+    from backend.jobs.progress import RedisProgress
 
     connection = redis_connection(settings)
     try:

@@ -19,14 +19,14 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any
 
+from backend.jobs.connection import QueueUnavailable, redis_connection
+from backend.jobs.queue import ACTIVE
 from backend.settings import Settings, load
-from worker.queue import ACTIVE, QueueUnavailable, redis_connection
 
 log = logging.getLogger(__name__)
 
-JOB_FUNCTION = "worker.retrain_queue.run_job"
+JOB_FUNCTION = "worker.retrain.run_job"
 JOB_TIMEOUT_S = 24 * 3600
 LOCK_TIMEOUT_S = JOB_TIMEOUT_S
 
@@ -72,24 +72,6 @@ def submit(project_id: int, force: bool = False, settings: Settings | None = Non
         raise QueueUnavailable(f"Redis at {settings.redis_url} is unreachable: {exc}") from exc
     finally:
         connection.close()
-
-
-def run_job(project_id: int) -> dict[str, Any]:
-    """The RQ job: wait for the project's lock, then clear the marker (new events queue a successor) and train."""
-    from redis import Redis
-    from rq import get_current_job
-
-    from worker.retrain import retrain_project
-
-    settings = load()
-    connection = Redis.from_url(settings.redis_url)
-    job = get_current_job()
-    with connection.lock(lock_key(settings.queue_name, project_id), timeout=LOCK_TIMEOUT_S, blocking_timeout=None):
-        pending = pending_key(settings.queue_name, project_id)
-        if job is not None and connection.get(pending) == job.id.encode():
-            connection.delete(pending)
-        force = bool(connection.getdel(force_key(settings.queue_name, project_id)))
-        return retrain_project(project_id, force=force, settings=settings)
 
 
 class LocalRetrainer:

@@ -1,0 +1,69 @@
+"""Where retraining outcomes are kept, and the latest one as ``GET /metrics`` shows it.
+
+Why here: the server reads what the retraining jobs (``worker.retrain``) write; neither imports
+the other, both import this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from backend.settings import Settings
+
+STATE_FILE = "state.json"
+LATEST_FILE = "latest.json"
+
+
+def datasets_dir(settings: Settings) -> Path:
+    return settings.model_dir / "datasets"
+
+
+def project_dir(settings: Settings, project_id: int) -> Path:
+    return datasets_dir(settings) / f"project-{project_id}"
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The file's JSON object, or None when it is missing or half-written."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_json(path: Path, value: dict[str, Any]) -> None:
+    """Atomically (a reader such as ``/metrics`` never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def latest_report(settings: Settings) -> dict[str, Any] | None:
+    """The last retraining outcome of any project, with the running or last cycle (from Label Studio or
+    ``isnet train``) under ``cycle``: stage, step, total, ETA, loss, and at the end the decision (cheap:
+    two small files)."""
+    from backend.isnet.training.progress import STATUS_FILE
+
+    outcome = read_json(datasets_dir(settings) / LATEST_FILE)
+    cycle = read_json(settings.model_dir / STATUS_FILE)
+    if cycle is None:
+        return outcome
+    return {**(outcome or {}), "cycle": _checked_alive(cycle)}
+
+
+def _checked_alive(cycle: dict[str, Any]) -> dict[str, Any]:
+    """A "running" cycle whose process is gone (same host) is shown as ``interrupted``."""
+    if cycle.get("status") != "running" or cycle.get("host") != socket.gethostname():
+        return cycle
+    try:
+        os.kill(int(cycle.get("pid", 0)), 0)
+    except (ProcessLookupError, ValueError):
+        return {**cycle, "status": "interrupted"}
+    except PermissionError:  # alive, another user's
+        pass
+    return cycle
