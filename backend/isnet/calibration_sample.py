@@ -17,15 +17,14 @@ import fcntl
 import hashlib
 import io
 import logging
-import os
 import queue
-import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from backend import atomic
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,19 +62,6 @@ def downsized_jpeg(image: np.ndarray, max_side: int = MAX_SIDE) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """A reader (a build listing the folder) sees the whole file or none: temporary name, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class CalibrationSample:
@@ -130,7 +116,8 @@ class CalibrationSample:
             fcntl.flock(lock, fcntl.LOCK_EX)
             kept = len(sample_images(self.folder))
             if kept < self.limit and not path.exists():
-                _write_atomic(path, downsized_jpeg(image))
+                # a build listing the folder sees the whole file or none; losing one to a crash costs nothing
+                atomic.write_bytes(path, downsized_jpeg(image), fsync=False, suffix=".tmp")
                 kept += 1
             self._full = kept >= self.limit
         if self._full:

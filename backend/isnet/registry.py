@@ -28,7 +28,6 @@ import fcntl
 import json
 import os
 import secrets
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from backend import atomic
 from backend.isnet.weights import WeightCache, WeightsError, sha256_file
 from backend.settings import Settings
 
@@ -93,21 +93,6 @@ def _digest(path: Path) -> str:
     if key not in _DIGESTS:
         _DIGESTS[key] = sha256_file(path)
     return _DIGESTS[key]
-
-
-def _replace_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling, then rename it over ``path``: readers see the old
-    file or the new one, never half of one (the ``VersionWatcher`` notices the new inode)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _utc_mtime(path: Path) -> str | None:
@@ -199,7 +184,7 @@ class ModelRegistry:
             before = self.current_or_pretrained_name()
             if before == name:
                 return version
-            _replace_text(self.current_file, name + "\n")
+            atomic.write_text(self.current_file, name + "\n")
             record = self.switches()
             if before:
                 record["previous"] = [*record["previous"], before][-MAX_SWITCHES:]
@@ -236,7 +221,7 @@ class ModelRegistry:
         return {"previous": previous, "switches": log}
 
     def _switch_back(self, record: dict[str, Any], before: str | None, name: str) -> ModelVersion:
-        _replace_text(self.current_file, name + "\n")
+        atomic.write_text(self.current_file, name + "\n")
         self._log_switch(record, before, name, "rollback")
         return self.get(name)
 
@@ -244,7 +229,7 @@ class ModelRegistry:
         entry = {"at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
                  "from": before, "to": after, "how": how}
         record["switches"] = [*record["switches"], entry][-MAX_SWITCHES:]
-        _replace_text(self.switches_file, json.dumps(record, indent=2) + "\n")
+        atomic.write_text(self.switches_file, json.dumps(record, indent=2) + "\n")
 
     @contextlib.contextmanager
     def _switch_lock(self) -> Iterator[None]:

@@ -14,17 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import tarfile
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from backend import atomic
 from backend.isnet.network import ISNetDIS
 from backend.settings import Settings
 
@@ -56,27 +55,11 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.") as tmp:
-        tmp.write(data)
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, path)
-
-
 def save_torch_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: a reader sees the
     previous complete file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
+    with atomic.replacing(path) as tmp:
         torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --------------------------------------------------------------------------- state dicts
@@ -259,7 +242,7 @@ class WeightCache:
                     raise
                 log.warning("%s; downloading the package again", exc)
                 continue
-            _atomic_write_bytes(self.reference_onnx, data)
+            atomic.write_bytes(self.reference_onnx, data)
             return self.reference_onnx
         raise AssertionError("unreachable")
 
@@ -321,4 +304,4 @@ class WeightCache:
 
     def _write_manifest(self, source: str, **extra: str) -> None:
         manifest = {"source": source, "checkpoint_sha256": sha256_file(self.checkpoint), **extra}
-        _atomic_write_bytes(self.manifest_path, json.dumps(manifest, indent=2).encode())
+        atomic.write_json(self.manifest_path, manifest)

@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from backend import atomic
 from backend.settings import Settings
 
 STATE_FILE = "state.json"
@@ -37,10 +38,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def write_json(path: Path, value: dict[str, Any]) -> None:
     """Atomically (a reader such as ``/metrics`` never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic.write_json(path, value, default=str)
 
 
 def latest_report(settings: Settings) -> dict[str, Any] | None:

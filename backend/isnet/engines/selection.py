@@ -17,12 +17,11 @@ The budgets are what the seed's accelerator engines lost on ECSSD: fp16 0.001 MA
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from backend import atomic
 from backend.isnet.registry import ModelVersion
 
 MEASUREMENTS_FILE = "engine-measurements.json"
@@ -95,12 +94,7 @@ class Measurements:
         }
         data = self.load()
         data.setdefault(engine, {})[str(size)] = entry
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self.path)
+        atomic.write_json(self.path, data)
         return entry
 
     def reference(self, size: int) -> dict[str, Any] | None:

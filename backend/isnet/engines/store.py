@@ -22,10 +22,8 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -36,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from backend import atomic
 from backend.isnet.engines.base import EngineError
 from backend.isnet.engines.config import FORMAT, EngineConfig, default_config
 from backend.isnet.registry import ModelVersion
@@ -69,14 +68,6 @@ class Artefact:
 
 def sidecar_of(path: Path) -> Path:
     return path.with_suffix(".json")
-
-
-def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def _sha256_memo(path: Path, expected: str) -> bool:
@@ -205,13 +196,9 @@ class EngineStore:
                 return dst
             self._remove_leftovers()
             start = time.perf_counter()
-            tmp = dst.with_name(f".{dst.name}.tmp")
-            try:
+            with atomic.replacing(dst, suffix=".tmp") as tmp:
                 self._make(config, source, tmp, images)
                 smoke_test(tmp, config.size)
-                os.replace(tmp, dst)
-            finally:
-                tmp.unlink(missing_ok=True)
             self._record(dst, config, images, fingerprint, time.perf_counter() - start)
         log.info("built %s for %s in %.0f s", dst.name, self.version.name, time.perf_counter() - start)
         return dst
@@ -256,7 +243,7 @@ class EngineStore:
             "build_seconds": round(seconds, 1),
             "libraries": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__},
         }
-        _atomic_write_json(sidecar_of(path), record)
+        atomic.write_json(sidecar_of(path), record)
 
     def rebuild_from(self, previous: EngineStore, calib_dir: Path | None) -> list[Path]:
         """Build for this version every engine ``previous`` had, int8 calibrated on ``calib_dir``.

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from backend import atomic
 
 PLOTTED = ("mae", "avgfmeasure", "sm")
 METRICS_FILE = "metrics.json"
@@ -33,19 +33,9 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as strict JSON to a temporary sibling, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(_finite(data), fh, indent=2, sort_keys=False, default=str, allow_nan=False)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def write_json_atomic(path: Path, data: Any, *, fsync: bool = True) -> None:
+    """``data`` as strict JSON (NaN written as ``null``), replacing ``path`` atomically."""
+    atomic.write_json(path, _finite(data), end="\n", default=str, allow_nan=False, fsync=fsync)
 
 
 def collect(version_dirs: Iterable[Path]) -> list[dict[str, Any]]:
@@ -145,17 +135,11 @@ def plot_history(rows: Sequence[dict[str, Any]], path: Path) -> None:
     axes[0][0].legend(fontsize=8)
     fig.suptitle("held-out metrics per retraining cycle (filled: promoted)", fontsize=11)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        with atomic.replacing(path, suffix=".png") as tmp:  # savefig reads the format from the name
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _error(interval: Any) -> tuple[float | None, float | None]:

@@ -111,7 +111,7 @@ class StatusWriter:
                   "started": _iso(self.started), "updated": _iso(time.time()),
                   "elapsed_s": round(time.time() - self.started, 1), **fields}
         with contextlib.suppress(OSError):
-            write_json_atomic(self.path, record)
+            write_json_atomic(self.path, record, fsync=False)  # a display, rewritten every second
 
 
 def _iso(stamp: float) -> str:
