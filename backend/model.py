@@ -48,7 +48,7 @@ from backend.service.cache import CacheKey, ResultCache
 from backend.service.inference import PRIORITY_BATCH, PRIORITY_INTERACTIVE, InferenceService, VersionWatcher
 from backend.service.logs import current_request_id
 from backend.service.stats import Stats
-from backend.settings import Settings, load
+from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,9 @@ def _result_bytes(result: list[dict[str, Any]]) -> int:
 class ISNetModel:
     """ISNet pre-annotations as Label Studio brush predictions."""
 
-    def __init__(self, settings: Settings | None = None, stats: Stats | None = None,
+    def __init__(self, settings: Settings, stats: Stats | None = None,
                  service: InferenceService | None = None) -> None:
-        self.settings = settings or load()
+        self.settings = settings
         self.stats = stats or Stats()
         self.watcher = service.watcher if service else VersionWatcher(self.settings)
         self.service = service

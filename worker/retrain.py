@@ -57,7 +57,7 @@ def cycle_options(settings: Settings) -> TrainOptions:
     return TrainOptions.from_settings(settings)
 
 
-def retrain_project(project_id: int, *, force: bool = False, settings: Settings | None = None,
+def retrain_project(project_id: int, *, force: bool = False, settings: Settings,
                     client: LabelStudioClient | None = None, networks: Networks | None = None) -> dict[str, Any]:
     """Run (or skip) one cycle for the project; the outcome, also saved as state and latest report.
 
@@ -65,7 +65,6 @@ def retrain_project(project_id: int, *, force: bool = False, settings: Settings 
     from backend.isnet.training.cycle import run_cycle
     from backend.isnet.training.networks import ISNET
 
-    settings = settings or load()
     client = client or LabelStudioClient.from_settings(settings)
     started = time.time()
     folder = project_dir(settings, project_id)

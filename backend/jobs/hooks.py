@@ -197,7 +197,7 @@ def _project_id(project: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def progress(settings: Settings | None = None) -> dict[str, Any]:
+def progress(settings: Settings) -> dict[str, Any]:
     """Pre-annotation counters (total/done/skipped/failed) from every worker, for ``/metrics``."""
     return work_queue.progress(settings)
 

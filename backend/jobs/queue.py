@@ -11,7 +11,7 @@ import hashlib
 from typing import Any
 
 from backend.jobs.connection import QueueUnavailable, redis_connection
-from backend.settings import Settings, load
+from backend.settings import Settings
 
 JOB_FUNCTION = "worker.jobs.run_preannotation"
 JOB_TIMEOUT_S = 3600
@@ -33,10 +33,8 @@ def job_id(project_id: int, model_version: str, task_ids: list[int]) -> str:
     return f"preannotate-{project_id}-{digest}"
 
 
-def submit(project_id: int, task_ids: list[int], model_version: str,
-           settings: Settings | None = None) -> list[str]:
+def submit(project_id: int, task_ids: list[int], model_version: str, settings: Settings) -> list[str]:
     """Queue pre-annotation of ``task_ids``; the ids of the jobs (or local chunks) created."""
-    settings = settings or load()
     parts = chunks(task_ids, settings.preannotate_batch)
     if not parts:
         return []
@@ -76,9 +74,8 @@ def _enqueue_rq(project_id: int, parts: list[list[int]], model_version: str, set
     return [jid for jid, _ in fresh]
 
 
-def progress(settings: Settings | None = None) -> dict[str, Any]:
+def progress(settings: Settings) -> dict[str, Any]:
     """Counters for ``/metrics``: from Redis (every worker) or the in-process thread."""
-    settings = settings or load()
     if not settings.redis_url:
         from backend.jobs.local import current_runner
 

@@ -22,7 +22,7 @@ import uuid
 
 from backend.jobs.connection import QueueUnavailable, redis_connection
 from backend.jobs.queue import ACTIVE
-from backend.settings import Settings, load
+from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,8 @@ def lock_key(queue_name: str, project_id: int) -> str:
     return f"isnet:{queue_name}:retrain:lock:{project_id}"
 
 
-def submit(project_id: int, force: bool = False, settings: Settings | None = None) -> str | None:
+def submit(project_id: int, *, force: bool = False, settings: Settings) -> str | None:
     """Ask for a cycle of the project; the id of the job queued now, or None when one already waits."""
-    settings = settings or load()
     if not settings.redis_url:
         return local_runner().submit(project_id, force, settings)
     from redis.exceptions import RedisError

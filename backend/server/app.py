@@ -27,7 +27,10 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 def create_app(settings: Settings | None = None, model: ISNetModel | None = None) -> Flask:
-    """A ready app: the model is loaded and its inference thread started before this returns."""
+    """A ready app: the model is loaded and its inference thread started before this returns.
+
+    An edge: without ``settings`` (a WSGI server calling the factory) they are read from the
+    environment here, and passed down explicitly from here on."""
     settings = settings or load()
     stats = model.stats if model is not None else Stats()
     model = model or ISNetModel(settings, stats=stats)

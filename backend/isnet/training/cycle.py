@@ -59,7 +59,7 @@ from backend.isnet.training.promotion import Decision, decide, evidence_from
 from backend.isnet.training.staging import StagingArea, StagingError
 from backend.isnet.training.trainer import TrainingError, TrainingResult, run_training
 from backend.isnet.weights import save_torch_atomic
-from backend.settings import Settings, load
+from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def fingerprint(options: TrainOptions, champion: str, items: list[Item], network
 
 def run_cycle(
     dataset: DataSource,
-    settings: Settings | None = None,
+    settings: Settings,
     options: TrainOptions | None = None,
     *,
     held_out: DataSource | None = None,
@@ -158,7 +158,6 @@ def run_cycle(
     ``ValueError`` for bad options / ``FileNotFoundError`` for missing folders) before
     anything is written when there is nothing to train on or to evaluate with.
     """
-    settings = settings or load()
     options = (options or TrainOptions.from_settings(settings)).resolved()
     registry = registry or ModelRegistry(settings)
     budget = budget or Budget.minutes(options.budget_min)
