@@ -169,6 +169,7 @@ def _plot_change(ax: Any, xs: Sequence[int], rows: Sequence[dict[str, Any]]) -> 
     ax.set_title("MAE change, challenger - champion\n(95% CI; below 0 is better)", fontsize=10)
     ax.set_xlabel("cycle")
     ax.set_xticks(list(xs))
+    ax.set_xlim(0.5, len(xs) + 0.5)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
