@@ -30,11 +30,18 @@ MIN_CROP = 32
 """Crops are at least this many pixels wide and high (where the image allows)."""
 
 
-def expand(box: Box, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
-    """The crop for ``box``: ``margin`` of its size added on each side, at least ``MIN_CROP``, clipped."""
+def expand(box: Box, margin: float, width: int, height: int, square: bool = False) -> tuple[int, int, int, int]:
+    """The crop for ``box``: ``margin`` of its size added on each side, at least ``MIN_CROP``, clipped.
+
+    ``square`` then widens the shorter side to the longer one (as far as the image allows): the
+    network squashes every input to a square, and a long thin crop would distort the object.
+    """
     x0, y0, x1, y1 = box.pixels()
     mx, my = margin * (x1 - x0), margin * (y1 - y0)
-    grow_x, grow_y = max(0.0, (MIN_CROP - (x1 - x0)) / 2), max(0.0, (MIN_CROP - (y1 - y0)) / 2)
+    side = max(MIN_CROP, (x1 - x0) + 2 * mx, (y1 - y0) + 2 * my) if square else MIN_CROP
+    grow_x, grow_y = max(0.0, (side - (x1 - x0) - 2 * mx) / 2), max(0.0, (side - (y1 - y0) - 2 * my) / 2)
+    if not square:
+        grow_x, grow_y = max(0.0, (MIN_CROP - (x1 - x0)) / 2), max(0.0, (MIN_CROP - (y1 - y0)) / 2)
     cx0, cx1 = int(np.floor(x0 - mx - grow_x)), int(np.ceil(x1 + mx + grow_x))
     cy0, cy1 = int(np.floor(y0 - my - grow_y)), int(np.ceil(y1 + my + grow_y))
     return max(0, cx0), max(0, cy0), min(width, cx1), min(height, cy1)
@@ -52,7 +59,7 @@ def predict_crop(image: np.ndarray, crop: tuple[int, int, int, int], predict: Pr
 def segment_box(image: np.ndarray, box: Box, predict: Predict, margin: float = DEFAULT_MARGIN) -> np.ndarray:
     """``H x W`` 0-255 confidence of the object in ``box``; zero outside the box."""
     height, width = image.shape[:2]
-    prob = predict_crop(image, expand(box, margin, width, height), predict)
+    prob = predict_crop(image, expand(box, margin, width, height, square=True), predict)
     return keep_inside(prob, box)
 
 
