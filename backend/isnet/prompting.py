@@ -37,11 +37,13 @@ def expand(box: Box, margin: float, width: int, height: int, square: bool = Fals
     network squashes every input to a square, and a long thin crop would distort the object.
     """
     x0, y0, x1, y1 = box.pixels()
-    mx, my = margin * (x1 - x0), margin * (y1 - y0)
-    side = max(MIN_CROP, (x1 - x0) + 2 * mx, (y1 - y0) + 2 * my) if square else MIN_CROP
-    grow_x, grow_y = max(0.0, (side - (x1 - x0) - 2 * mx) / 2), max(0.0, (side - (y1 - y0) - 2 * my) / 2)
-    if not square:
-        grow_x, grow_y = max(0.0, (MIN_CROP - (x1 - x0)) / 2), max(0.0, (MIN_CROP - (y1 - y0)) / 2)
+    w, h = x1 - x0, y1 - y0
+    mx, my = margin * w, margin * h
+    if square:
+        side = max(MIN_CROP, w + 2 * mx, h + 2 * my)
+        grow_x, grow_y = (side - w - 2 * mx) / 2, (side - h - 2 * my) / 2
+    else:
+        grow_x, grow_y = max(0.0, (MIN_CROP - w) / 2), max(0.0, (MIN_CROP - h) / 2)
     cx0, cx1 = int(np.floor(x0 - mx - grow_x)), int(np.ceil(x1 + mx + grow_x))
     cy0, cy1 = int(np.floor(y0 - my - grow_y)), int(np.ceil(y1 + my + grow_y))
     return max(0, cx0), max(0, cy0), min(width, cx1), min(height, cy1)
