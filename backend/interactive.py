@@ -21,13 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from backend.images import load_image
 from backend.isnet.prompting import segment_object
 from backend.labelstudio.config import BrushTarget
-from backend.labelstudio.fetch import ImageFetcher
 from backend.labelstudio.prompts import PromptError, parse_prompts
 from backend.labelstudio.results import brush_result
 from backend.labelstudio.tasks import image_url, task_label
+from backend.pipeline import TaskPipeline
 from backend.service.inference import PRIORITY_PROMPT, InferenceService
 from backend.settings import Settings
 
@@ -69,10 +68,10 @@ class ImageMemory:
 class InteractiveAnnotator:
     """Turns one task and its smart-tool context into one prediction entry with brush regions."""
 
-    def __init__(self, settings: Settings, service: InferenceService, fetcher: Callable[[], ImageFetcher]) -> None:
+    def __init__(self, settings: Settings, service: InferenceService, pipeline: TaskPipeline) -> None:
         self.settings = settings
         self.service = service
-        self._fetcher = fetcher
+        self.pipeline = pipeline
         self.memory = ImageMemory(settings.interactive_images)
 
     def predict(self, task: dict[str, Any], context: dict[str, Any], label_config: str,
@@ -118,14 +117,9 @@ class InteractiveAnnotator:
         return self._answer(regions, float(np.mean(scores)) if scores else 0.0, prompts.rejected, version)
 
     def _image(self, task: dict[str, Any], target: BrushTarget) -> dict[str, Any]:
-        url = image_url(task, target).strip()
-        task_id = task.get("id")
-
-        def load() -> np.ndarray:
-            raw = self._fetcher().fetch(url, task_id=task_id if isinstance(task_id, int) else None)
-            return load_image(raw, self.settings.max_pixels, name=f"{task_label(task)} ({url})")
-
-        return self.memory.get((task_id, url), load)
+        """The task's decoded image (through the task pipeline), kept for the next prompt."""
+        key = (task.get("id"), image_url(task, target).strip())
+        return self.memory.get(key, lambda: self.pipeline.decode(task, target))
 
     def _answer(self, result: list[dict[str, Any]], score: float, rejected: list[str],
                 version: str | None = None) -> dict[str, Any]:

@@ -5,12 +5,13 @@ Shaped like a label-studio-ml model so its users feel at home: :meth:`ISNetModel
 and :meth:`ISNetModel.fit` (``event, data, **kwargs``). One instance lives per server process,
 because the network is loaded once; the labeling config comes with every call.
 
-Why it stays thin: parsing configs, fetching images, RLE and result dicts are the
-:mod:`backend.labelstudio` library, inference is :mod:`backend.service.inference`, and the HTTP
-protocol is :mod:`backend.server`. This module decides what happens to each task:
+Why it stays thin: a task's prediction (fetch, hash, cache, decode, segment, brush result) is
+:class:`backend.pipeline.TaskPipeline`, shared with background pre-annotation; inference is
+:mod:`backend.service.inference`, and the HTTP protocol is :mod:`backend.server`. This module
+decides what happens to each task of a request:
 
-* it is fetched, hashed and, unless its result is cached, decoded and segmented, in chunks
-  of ``ISNET_PREDICT_BATCH`` images that go through the engine as one batch;
+* it goes through the pipeline in chunks of ``ISNET_PREDICT_BATCH`` images (one engine batch
+  each), the next chunk fetched while the current one is in the network;
 * a task that fails (no image field, unreachable or refused URL, not an image, too large)
   gets an empty ``result`` and the request goes on;
 * ``ISNET_PREDICT_BUDGET`` bounds the request (Label Studio gives up after 100 s and then
@@ -23,28 +24,20 @@ protocol is :mod:`backend.server`. This module decides what happens to each task
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from backend.images import ImageError, load_image
 from backend.interactive import InteractiveAnnotator, has_prompts
-from backend.isnet import calibration_sample
 from backend.jobs import hooks
 from backend.jobs.retrain_status import latest_report
 from backend.labelstudio.auth import LabelStudioAuth
 from backend.labelstudio.config import BrushTarget, LabelConfigError, parse_label_config
-from backend.labelstudio.fetch import FetchError, ImageFetcher
-from backend.labelstudio.results import brush_result
-from backend.labelstudio.tasks import TaskImageError, image_url
-from backend.service.cache import CacheKey, ResultCache
+from backend.labelstudio.fetch import ImageFetcher
+from backend.pipeline import LOAD_ERRORS, TaskImage, TaskPipeline
 from backend.service.inference import PRIORITY_BATCH, PRIORITY_INTERACTIVE, InferenceService, VersionWatcher
 from backend.service.logs import current_request_id
 from backend.service.stats import Stats
@@ -61,34 +54,11 @@ FETCH_THREADS = 4
 MAX_EVENTS = 100
 
 
-@dataclass
-class _Prepared:
-    """One task's image, fetched and hashed; ``cached`` set when its result is known already."""
-
-    key: CacheKey
-    cached: tuple[list[dict[str, Any]], float] | None
-    image: np.ndarray | None
-
-
-def _retarget(result: list[dict[str, Any]], target: BrushTarget) -> list[dict[str, Any]]:
-    """A cached result re-addressed to this project's tag names and label."""
-    return [
-        {**r, "from_name": target.from_name, "to_name": target.to_name,
-         "value": {**r.get("value", {}), "brushlabels": [target.label]}}
-        for r in result
-    ]
-
-
 def _project_uid(tasks: list[dict[str, Any]], project: Any) -> str:
     """Label Studio's ``"<id>.<timestamp>"`` from the request, else the first task's project id."""
     if project:
         return str(project)
     return str(tasks[0].get("project", "")) if tasks and isinstance(tasks[0], dict) else ""
-
-
-def _result_bytes(result: list[dict[str, Any]]) -> int:
-    """Roughly what a result holds in memory: a list slot per RLE integer, plus the dicts."""
-    return 1024 + sum(8 * len(r.get("value", {}).get("rle", ())) for r in result)
 
 
 class ISNetModel:
@@ -100,7 +70,7 @@ class ISNetModel:
         self.stats = stats or Stats()
         self.watcher = service.watcher if service else VersionWatcher(self.settings)
         self.service = service
-        self.cache = ResultCache(int(self.settings.cache_mb * 1024 * 1024))
+        self.pipeline: TaskPipeline | None = None
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         self._setup_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="isnet-fetch")
@@ -117,10 +87,12 @@ class ISNetModel:
             if self.service is None:
                 self.service = InferenceService(self.settings, self.watcher)
                 self.service.start()
-                # Without Redis, background pre-annotation shares this one inference thread.
-                hooks.attach_inference(self.service)
+            if self.pipeline is None:
+                self.pipeline = TaskPipeline(self.settings, self.service, self._fetcher, stats=self.stats)
+                # Without Redis, background pre-annotation shares this pipeline: its cache and inference thread.
+                hooks.attach_pipeline(self.pipeline)
             if self.interactive is None:
-                self.interactive = InteractiveAnnotator(self.settings, self.service, lambda: self._fetcher)
+                self.interactive = InteractiveAnnotator(self.settings, self.service, self.pipeline)
         return self.model_version
 
     @property
@@ -140,6 +112,8 @@ class ISNetModel:
         """
         if access_token and not self.settings.label_studio_api_key and access_token != self._fetcher.auth.api_key:
             self._fetcher = ImageFetcher(self.settings, LabelStudioAuth(self.settings.label_studio_url, access_token))
+            if self.pipeline is not None:
+                self.pipeline.fetcher = self._fetcher
 
     def predict(self, tasks: list[dict[str, Any]], context: dict[str, Any] | None = None,
                 **kwargs: Any) -> list[dict[str, Any]]:
@@ -149,9 +123,9 @@ class ISNetModel:
         deferred tasks) and ``deadline`` (``time.monotonic()`` value; default now + budget).
         Raises :class:`LabelConfigError` for a config without a usable ``BrushLabels``.
         """
-        if self.service is None or self.interactive is None:
+        if self.service is None or self.pipeline is None or self.interactive is None:
             self.setup()
-        assert self.service is not None
+        assert self.service is not None and self.pipeline is not None
         target = self.check_label_config(kwargs.get("label_config") or "")
         deadline = kwargs.get("deadline") or time.monotonic() + self.settings.predict_budget
         if has_prompts(context) and len(tasks) == 1:
@@ -170,13 +144,17 @@ class ISNetModel:
                 break
             for i in chunk:  # fetched in parallel (the first chunk; later ones were prefetched)
                 if i not in prefetch:
-                    prefetch[i] = self._pool.submit(self._prepare, tasks[i], target)
-            prepared = [self._take(prefetch.pop(i), tasks[i]) for i in chunk]
+                    prefetch[i] = self._pool.submit(self.pipeline.load, tasks[i], target)
+            loaded = [self._take(prefetch.pop(i), tasks[i]) for i in chunk]
             if c + 1 < len(chunks):  # fetch the next chunk while this one is in the network
                 for i in chunks[c + 1]:
-                    prefetch[i] = self._pool.submit(self._prepare, tasks[i], target)
-            done = self._answer(tasks, chunk, prepared, answers, target, deadline, priority)
-            version = done or version
+                    prefetch[i] = self._pool.submit(self.pipeline.load, tasks[i], target)
+            predictions = self.pipeline.run([tasks[i] for i in chunk], loaded, target, deadline, priority,
+                                            current_request_id())
+            for i, prediction in zip(chunk, predictions, strict=True):
+                if prediction is not None:
+                    answers[i] = prediction.as_answer()
+                    version = prediction.model_version if not prediction.cached else version
             if any(answers[i] is None for i in chunk):
                 break
         for fut in prefetch.values():
@@ -216,7 +194,7 @@ class ISNetModel:
             "model_version": self.model_version,
             "model_pointer_error": self.watcher.last_error,
             "inference": self.service.describe() if self.service else None,
-            "cache": {"entries": len(self.cache), "bytes": self.cache.bytes, "max_bytes": self.cache.max_bytes},
+            "cache": self._cache_metrics(),
             "handed_over": hooks.recorded(),
             "preannotation": hooks.progress(self.settings),
             "last_events": list(self.events)[-10:],
@@ -225,72 +203,20 @@ class ISNetModel:
 
     # -- one chunk ------------------------------------------------------------------------
 
+    def _cache_metrics(self) -> dict[str, int] | None:
+        cache = self.pipeline.cache if self.pipeline else None
+        return {"entries": len(cache), "bytes": cache.bytes, "max_bytes": cache.max_bytes} if cache else None
+
     @staticmethod
-    def _take(fut: Future, task: dict[str, Any]) -> _Prepared | Exception:
-        """A prepared task, or the exception that makes it a failed task."""
+    def _take(fut: Future, task: dict[str, Any]) -> TaskImage | Exception:
+        """A loaded task, or the exception that makes it a failed task."""
         try:
             return fut.result()
-        except (TaskImageError, ImageError) as exc:
+        except LOAD_ERRORS as exc:
             return exc
         except Exception as exc:  # a bug must cost one task, not the batch
             log.exception("preparing task %s failed", task.get("id"))
             return exc
-
-    def _prepare(self, task: dict[str, Any], target: BrushTarget) -> _Prepared:
-        """Fetch and hash a task's image; decode it only when its result is not cached."""
-        task_id = task.get("id")
-        url = image_url(task, target)
-        try:
-            raw = self._fetcher.fetch(url.strip(), task_id=task_id if isinstance(task_id, int) else None)
-        except FetchError as exc:
-            raise TaskImageError(f"task {task_id}: {exc}") from exc
-        assert self.service is not None
-        version, engine, size = self.service.identity
-        key = CacheKey(hashlib.sha256(raw).hexdigest(), version, engine, size, float(self.settings.threshold))
-        cached = self.cache.get(key)
-        if cached is not None:
-            return _Prepared(key, cached, None)
-        return _Prepared(key, None, load_image(raw, self.settings.max_pixels, name=f"task {task_id} ({url})"))
-
-    def _answer(self, tasks: list[dict[str, Any]], chunk: list[int], prepared: list[_Prepared | Exception],
-                answers: list[dict[str, Any] | None], target: BrushTarget, deadline: float,
-                priority: int) -> str | None:
-        """Fill ``answers`` for one chunk; entries left ``None`` did not fit the deadline."""
-        assert self.service is not None
-        todo: list[tuple[int, _Prepared]] = []
-        for i, item in zip(chunk, prepared, strict=True):
-            if isinstance(item, Exception):
-                answers[i] = self._failed(tasks[i], item)
-            elif item.cached is not None:
-                result, score = item.cached
-                answers[i] = {"result": _retarget(result, target), "score": score,
-                              "model_version": item.key.model_version}
-                self.stats.incr("cache.hits")
-            else:
-                todo.append((i, item))
-        if not todo:
-            return None
-        self.stats.incr("cache.misses", len(todo))
-        try:
-            outcome = self.service.predict([p.image for _, p in todo], deadline, priority, current_request_id())
-        except Exception as exc:
-            for i, _ in todo:
-                answers[i] = self._failed(tasks[i], exc)
-            return None
-        for (i, item), mask in zip(todo, outcome.masks, strict=True):
-            if mask is None:
-                continue
-            try:
-                result, score = brush_result(mask, target, self.settings.threshold)
-            except Exception as exc:
-                answers[i] = self._failed(tasks[i], exc)
-                continue
-            key = item.key._replace(model_version=outcome.model_version)
-            self.cache.put(key, (result, score), _result_bytes(result))
-            answers[i] = {"result": result, "score": score, "model_version": outcome.model_version}
-            self.stats.incr("tasks.predicted")
-            calibration_sample.offer(item.image, self.settings)  # int8 calibrates on served images
-        return outcome.model_version
 
     def _interactive(self, task: dict[str, Any], context: dict[str, Any], label_config: str,
                      target: BrushTarget, deadline: float) -> dict[str, Any]:
@@ -299,21 +225,15 @@ class ISNetModel:
         self.stats.incr("interactive.requests")
         try:
             return self.interactive.predict(task, context, label_config, target, deadline, current_request_id())
-        except (TaskImageError, ImageError, FetchError) as exc:
+        except LOAD_ERRORS as exc:
             return self._failed(task, exc)
         except Exception as exc:  # a bug in one prompt must not become a 500 in the editor
             log.exception("interactive prompt on task %s failed", task.get("id"))
             return self._failed(task, exc)
 
     def _failed(self, task: dict[str, Any], exc: Exception) -> dict[str, Any]:
-        task_id = task.get("id") if isinstance(task, dict) else None
-        message = str(exc) or type(exc).__name__
-        kind = type(exc).__name__
-        log.warning("task %s gets an empty prediction: %s", task_id, message, extra={"task_id": task_id})
-        self.stats.incr("tasks.failed")
-        self.stats.error(kind, message, task_id=task_id, request_id=current_request_id())
-        assert self.service is not None
-        return {"result": [], "score": 0.0, "model_version": self.service.model_version}
+        assert self.pipeline is not None
+        return self.pipeline.failed(task, exc).as_answer()
 
     def _in_flight(self, tasks: list[dict[str, Any]], version: str, project: Any) -> list[int]:
         """Positions of the tasks handed to background pre-annotation that it has not written yet.

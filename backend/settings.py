@@ -53,6 +53,7 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``ISNET_TRAIN_SCHEDULE`` | ``cosine`` | warm-up, then decay to 0.3 lr at the step count the budget allows |
 | ``ISNET_TRAIN_FEATURE_LOSS`` | ``mse`` | GT-encoder supervision: ``mse``, ``l1``, ``smooth_l1``, ``kl``, ``off`` |
 | ``ISNET_TRAIN_FEATURE_WEIGHT`` | ``0.02`` | feature loss vs side BCE (both measured gains used 0.02) |
+| ``ISNET_TRAIN_AMP`` | ``auto`` | ``auto``: fp16 on CUDA, bf16 on CPUs with AMX (faster steps); ``on``, ``off`` |
 | ``ISNET_TRAIN_GT_ITERS`` | ``2000`` | GT encoder cap (it stops at max F 0.99; cached per labelled set) |
 | ``ISNET_HOLDOUT_FRACTION`` | ``0.2`` | share of labelled items held out (stable hash of the name) to judge a cycle |
 | ``ISNET_PROMOTE_RULE`` | ``bootstrap`` | per-image MAE change's 95 % CI below 0; or ``mae_not_worse``, ``always``... |
@@ -142,6 +143,7 @@ class Settings:
     train_schedule: str = field(default_factory=lambda: _env("ISNET_TRAIN_SCHEDULE", "cosine").lower())
     train_feature_loss: str = field(default_factory=lambda: _env("ISNET_TRAIN_FEATURE_LOSS", "mse").lower())
     train_feature_weight: float = field(default_factory=lambda: float(_env("ISNET_TRAIN_FEATURE_WEIGHT", "0.02")))
+    train_amp: str = field(default_factory=lambda: _env("ISNET_TRAIN_AMP", "auto").lower())
     train_gt_iters: int = field(default_factory=lambda: int(_env("ISNET_TRAIN_GT_ITERS", "2000")))
     holdout_fraction: float = field(default_factory=lambda: float(_env("ISNET_HOLDOUT_FRACTION", "0.2")))
     promote_rule: str = field(default_factory=lambda: _env("ISNET_PROMOTE_RULE", "bootstrap").lower())

@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 
 from backend.jobs.preannotate import preannotate_tasks
-from backend.jobs.predictor import SegmenterPredictor
 from backend.labelstudio.client import LabelStudioClient
+from backend.labelstudio.fetch import ImageFetcher
+from backend.pipeline import TaskPipeline
+from backend.service.inference import DirectInference
 from backend.settings import Settings, load
 from tests.delaying_proxy import DelayingProxy, first
 from tests.paths import DIS_DEMO_IMAGES
@@ -84,7 +86,9 @@ def test_a_prediction_stored_but_answered_after_the_client_timeout_is_not_writte
     task_ids = label_studio.upload_images(project, images(tmp_path, 2))
     client = LabelStudioClient.from_settings(settings)
     with caplog.at_level(logging.WARNING, logger="backend.labelstudio.client"):
-        outcome = preannotate_tasks(project, task_ids, client=client, predictor=SegmenterPredictor(settings),
+        outcome = preannotate_tasks(project, task_ids, client=client,
+                                    pipeline=TaskPipeline(settings, DirectInference(settings),
+                                                          ImageFetcher(settings, client.auth)),
                                     settings=settings)
 
     (held,) = proxy.held

@@ -19,10 +19,12 @@ from redis import Redis
 from backend.jobs import hooks, inflight, local
 from backend.jobs.inflight import InFlight, MemoryInFlight, MemoryTable, RedisInFlight
 from backend.jobs.preannotate import preannotate_tasks
-from backend.jobs.predictor import SegmenterPredictor
 from backend.labelstudio.client import LabelStudioClient, LabelStudioDown
+from backend.labelstudio.fetch import ImageFetcher
 from backend.model import ISNetModel
+from backend.pipeline import TaskPipeline
 from backend.server.app import create_app
+from backend.service.inference import DirectInference
 from backend.settings import Settings
 from tests import labelstudio_server
 from tests.conftest import FAKE_LS_TOKEN
@@ -204,8 +206,8 @@ def job_settings(random_checkpoint, tmp_path_factory) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def predictor(job_settings) -> SegmenterPredictor:
-    return SegmenterPredictor(job_settings)
+def predictor(job_settings) -> DirectInference:
+    return DirectInference(job_settings)
 
 
 @pytest.fixture
@@ -218,7 +220,8 @@ def ls(fake_label_studio):
 def run_job(ls, settings: Settings, predictor, project: int, ids: list[int], registry: InFlight):
     client = LabelStudioClient(ls.url, LabelStudioClient.from_settings(settings).auth, settings.ls_retries,
                                settings.ls_backoff, settings.ls_timeout, sleep=lambda _: None)
-    return preannotate_tasks(project, ids, client=client, predictor=predictor, settings=settings,
+    pipeline = TaskPipeline(settings, predictor, ImageFetcher(settings, client.auth))
+    return preannotate_tasks(project, ids, client=client, pipeline=pipeline, settings=settings,
                              held_version=predictor.model_version, inflight=registry)
 
 
@@ -263,7 +266,7 @@ def test_tasks_dropped_by_a_full_in_process_queue_are_released(job_settings, pre
     settings = dataclasses.replace(job_settings, local_queue=2, label_studio_url="http://127.0.0.1:9")
     project = new_project()
     inflight.registry(settings).hold(project, "v", [1, 2, 3, 4])
-    runner = local.LocalRunner(settings, predictor)
+    runner = local.LocalRunner(settings)
     runner.submit(project, [[1, 2], [3, 4]], "v")
     assert runner.dropped == 2
     assert inflight.registry(settings).held(project, "v", [3, 4]) == set()

@@ -14,11 +14,13 @@ import pytest
 from PIL import Image
 
 from backend.jobs.preannotate import preannotate_tasks
-from backend.jobs.predictor import SegmenterPredictor
 from backend.jobs.queue import chunks, job_id
 from backend.labelstudio.client import LabelStudioClient, LabelStudioDown, TaskRejected
 from backend.labelstudio.config import BrushTarget
+from backend.labelstudio.fetch import ImageFetcher
 from backend.labelstudio.results import brush_result
+from backend.pipeline import TaskPipeline
+from backend.service.inference import DirectInference
 from backend.settings import Settings
 from tests.conftest import FAKE_LS_TOKEN
 
@@ -44,8 +46,8 @@ def base_settings(random_checkpoint, tmp_path_factory) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def predictor(base_settings) -> SegmenterPredictor:
-    return SegmenterPredictor(base_settings)
+def predictor(base_settings) -> DirectInference:
+    return DirectInference(base_settings)
 
 
 @pytest.fixture
@@ -64,7 +66,8 @@ def run(ls, settings, predictor, task_ids, sleeps=None):
     client = LabelStudioClient(ls.url, LabelStudioClient.from_settings(settings).auth, settings.ls_retries,
                                settings.ls_backoff, settings.ls_timeout,
                                sleep=(sleeps.append if sleeps is not None else lambda _: None))
-    return preannotate_tasks(PROJECT, task_ids, client=client, predictor=predictor, settings=settings), client
+    return preannotate_tasks(PROJECT, task_ids, client=client, settings=settings,
+                             pipeline=TaskPipeline(settings, predictor, ImageFetcher(settings, client.auth))), client
 
 
 def test_tasks_are_split_into_chunks_of_the_configured_size_without_duplicates():

@@ -14,7 +14,7 @@ from backend.isnet.training.options import TrainOptions
 from backend.isnet.training.tiny import TinyGTEncoder, TinySegmenter
 from backend.isnet.training.trainer import run_training
 
-OPTIONS = TrainOptions(iters=8, size=64, crop=32, batch=2, lr=1e-3, device="cpu", gt_max_iters=4,
+OPTIONS = TrainOptions(iters=8, size=64, crop=32, batch=2, lr=1e-3, device="cpu", amp=False, gt_max_iters=4,
                        gt_target_f=1.1, gt_check_every=2, checkpoint_every=3)
 
 

@@ -78,3 +78,22 @@ def test_the_cuda_defaults_are_the_dis_recipe():
 
     options = TrainOptions(device="cuda").resolved()
     assert (options.crop, options.batch, options.amp) == (1024, 8, True)
+
+
+def test_cpu_training_uses_bf16_where_the_cpu_has_amx(monkeypatch):
+    from backend.isnet.training import TrainOptions, options
+
+    monkeypatch.setattr(options, "cpu_has_amx", lambda: True)
+    amx = TrainOptions(device="cpu").resolved()
+    assert amx.amp and amx.autocast_dtype == torch.bfloat16 and not amx.grad_scaling
+    monkeypatch.setattr(options, "cpu_has_amx", lambda: False)
+    assert not TrainOptions(device="cpu").resolved().amp
+    assert TrainOptions(device="cpu", amp=True).resolved().amp  # ISNET_TRAIN_AMP=on forces it
+
+
+def test_the_amp_setting_reaches_the_cycle_options(monkeypatch):
+    from backend.isnet.training import TrainOptions
+
+    for value, expected in (("on", True), ("off", False)):
+        monkeypatch.setenv("ISNET_TRAIN_AMP", value)
+        assert TrainOptions.from_settings(load()).amp is expected

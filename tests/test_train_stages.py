@@ -15,7 +15,8 @@ from backend.isnet.training.options import TrainOptions
 from backend.isnet.training.tiny import TinyGTEncoder, TinySegmenter
 from backend.isnet.training.trainer import train_segmenter
 
-OPTIONS = TrainOptions(size=64, crop=32, batch=4, device="cpu", gt_check_every=10_000, checkpoint_every=10_000)
+OPTIONS = TrainOptions(size=64, crop=32, batch=4, device="cpu", amp=False, gt_check_every=10_000,
+                       checkpoint_every=10_000)
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,13 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 
 from backend.jobs import hooks, local
-from backend.jobs.predictor import SegmenterPredictor
 from backend.jobs.queue import progress, submit
+from backend.labelstudio.client import LabelStudioClient
+from backend.labelstudio.fetch import ImageFetcher
 from backend.model import ISNetModel
+from backend.pipeline import TaskPipeline
 from backend.server.app import create_app
+from backend.service.inference import DirectInference
 from backend.settings import Settings
 from tests import labelstudio_server
 from tests.conftest import FAKE_LS_TOKEN
@@ -43,8 +46,8 @@ def base_settings(random_checkpoint, tmp_path_factory) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def predictor(base_settings) -> SegmenterPredictor:
-    return SegmenterPredictor(base_settings)
+def predictor(base_settings) -> DirectInference:
+    return DirectInference(base_settings)
 
 
 @pytest.fixture
@@ -62,7 +65,8 @@ def settings(base_settings, ls) -> Settings:
 @pytest.fixture
 def local_runner(settings, predictor):
     local.reset()
-    yield local.runner(settings, predictor)
+    auth = LabelStudioClient.from_settings(settings).auth
+    yield local.runner(settings, TaskPipeline(settings, predictor, ImageFetcher(settings, auth)))
     local.reset()
 
 
@@ -85,8 +89,7 @@ def test_predict_overflow_is_routed_to_the_same_jobs(ls, settings, local_runner,
 
 def test_the_in_process_queue_is_bounded(ls, settings, predictor):
     local.reset()
-    runner = local.LocalRunner(dataclasses.replace(settings, local_queue=4, label_studio_url="http://127.0.0.1:9"),
-                               predictor)
+    runner = local.LocalRunner(dataclasses.replace(settings, local_queue=4, label_studio_url="http://127.0.0.1:9"))
     runner.submit(PROJECT, [[1, 2, 3, 4], [5, 6, 7, 8]], "v")
     assert runner.dropped == 4
 

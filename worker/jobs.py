@@ -7,23 +7,23 @@ import logging
 from typing import Any
 
 from backend.jobs.preannotate import ChunkOutcome, preannotate_tasks
-from backend.jobs.predictor import SegmenterPredictor
-from backend.labelstudio.auth import LabelStudioAuth
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.fetch import ImageFetcher
+from backend.pipeline import TaskPipeline
+from backend.service.inference import DirectInference
 from backend.settings import Settings, load
 
 log = logging.getLogger(__name__)
 
-_predictor: SegmenterPredictor | None = None
+_pipeline: TaskPipeline | None = None
 
 
-def _worker_predictor(settings: Settings) -> SegmenterPredictor:
-    """One network per worker process, loaded by its first job and kept for the next ones."""
-    global _predictor
-    if _predictor is None:
-        _predictor = SegmenterPredictor(settings)
-    return _predictor
+def _worker_pipeline(settings: Settings, client: LabelStudioClient) -> TaskPipeline:
+    """One network (and result cache) per worker process, loaded by its first job and kept."""
+    global _pipeline
+    if _pipeline is None:
+        _pipeline = TaskPipeline(settings, DirectInference(settings), ImageFetcher(settings, client.auth))
+    return _pipeline
 
 
 def run_preannotation(project_id: int, task_ids: list[int], requested_version: str = "") -> dict[str, Any]:
@@ -49,10 +49,8 @@ def run_preannotation(project_id: int, task_ids: list[int], requested_version: s
             job.save_meta()
 
     client = LabelStudioClient.from_settings(settings)
-    auth: LabelStudioAuth = client.auth
-    outcome = preannotate_tasks(project_id, task_ids, client=client, predictor=_worker_predictor(settings),
-                                settings=settings, fetcher=ImageFetcher(settings, auth), report=report,
-                                held_version=requested_version)
+    outcome = preannotate_tasks(project_id, task_ids, client=client, pipeline=_worker_pipeline(settings, client),
+                                settings=settings, report=report, held_version=requested_version)
     if requested_version and requested_version != outcome.model_version:
         log.info("chunk asked for %s, written under the current version %s", requested_version,
                  outcome.model_version)

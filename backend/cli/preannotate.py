@@ -34,9 +34,11 @@ def run(args: argparse.Namespace) -> int:
 
     from backend.jobs.connection import QueueUnavailable
     from backend.jobs.preannotate import ChunkOutcome, preannotate_tasks
-    from backend.jobs.predictor import SegmenterPredictor
     from backend.jobs.queue import chunks, submit
     from backend.labelstudio.client import LabelStudioClient, LabelStudioDown, TaskRejected
+    from backend.labelstudio.fetch import ImageFetcher
+    from backend.pipeline import TaskPipeline
+    from backend.service.inference import DirectInference, VersionWatcher
 
     settings = load()
     client = LabelStudioClient.from_settings(settings)
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         if not settings.redis_url:
             print("--enqueue needs REDIS_URL", file=sys.stderr)
             return 2
-        version = args.model_version or SegmenterPredictor(settings).model_version
+        version = args.model_version or VersionWatcher(settings).current().name
         try:
             jobs = submit(args.project, task_ids, version, settings)
         except QueueUnavailable as exc:
@@ -57,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"{len(task_ids)} task(s) in {len(jobs)} new job(s) on queue {settings.queue_name}")
         return 0
-    predictor = SegmenterPredictor(settings, args.model_version or None)
+    pipeline = TaskPipeline(settings, DirectInference(settings, args.model_version or None),
+                            ImageFetcher(settings, client.auth))
     totals = {"done": 0, "skipped": 0, "failed": 0}
     with tqdm(total=len(task_ids), unit="task", desc=f"project {args.project}") as bar:
         def report(name: str, _: ChunkOutcome) -> None:
@@ -67,11 +70,11 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             for part in chunks(task_ids, settings.preannotate_batch):
-                preannotate_tasks(args.project, part, client=client, predictor=predictor, settings=settings,
+                preannotate_tasks(args.project, part, client=client, pipeline=pipeline, settings=settings,
                                   report=report, force=args.all)
         except LabelStudioDown as exc:
             print(f"Label Studio is unreachable, stopped (re-run to finish): {exc}", file=sys.stderr)
             return 1
-    print(f"model version {predictor.model_version}: {totals['done']} written, {totals['skipped']} already "
+    print(f"model version {pipeline.model_version}: {totals['done']} written, {totals['skipped']} already "
           f"predicted, {totals['failed']} failed")
     return 1 if totals["failed"] else 0

@@ -115,8 +115,11 @@ def _encode(module: nn.Module, hx: Tensor) -> list[Tensor]:
 
 
 def _side_outputs(module: nn.Module, features: list[Tensor], like: Tensor) -> list[Tensor]:
+    """Six sigmoid maps at ``like``'s size. The sigmoid runs in fp32 even under bf16/fp16 autocast:
+    a reduced-precision probability rounds to exactly 0 or 1 far from the logit's limit, and the
+    BCE gradient there explodes."""
     return [
-        torch.sigmoid(upsample_like(getattr(module, f"side{i}")(f), like))
+        torch.sigmoid(upsample_like(getattr(module, f"side{i}")(f), like).float())
         for i, f in enumerate(features, start=1)
     ]
 

@@ -216,8 +216,8 @@ def recorded() -> dict[str, Any]:
     }
 
 
-def attach_inference(service: Any) -> None:
-    """Without Redis, let the in-process pre-annotation thread share the server's inference thread."""
-    from backend.jobs.local import attach_service
+def attach_pipeline(pipeline: Any) -> None:
+    """Without Redis, let the in-process pre-annotation thread share the server's task pipeline."""
+    from backend.jobs.local import attach_pipeline as attach
 
-    attach_service(service)
+    attach(pipeline)

@@ -1,8 +1,9 @@
 """Pre-annotation without Redis: one background thread in the server process.
 
 Why one thread and a bounded queue: the server's network is busy answering ``/predict``; the
-thread borrows it (:class:`backend.jobs.predictor.ServicePredictor`, below every ``/predict`` job in the
-inference queue) one small batch at a time, so an annotator waits at most for one batch. When
+thread uses the server's own :class:`backend.pipeline.TaskPipeline` (its cache, and its inference
+thread below every ``/predict`` job) one small batch at a time, so an annotator waits at most
+for one batch. When
 more than ``ISNET_LOCAL_QUEUE`` tasks are waiting, new chunks are dropped with a log line
 ("Retrieve predictions" or ``isnet preannotate --missing`` fills them in later) instead of
 growing memory without bound; :func:`backend.jobs.hooks.enqueue_event` says so in the webhook answer.
@@ -13,33 +14,30 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from backend.isnet import calibration_sample
 from backend.jobs import inflight
 from backend.jobs.preannotate import ChunkOutcome, preannotate_tasks
-from backend.jobs.predictor import Predictor, SegmenterPredictor, ServicePredictor
 from backend.jobs.progress import LocalProgress
 from backend.labelstudio.client import LabelStudioClient
-from backend.service.inference import InferenceService
+from backend.labelstudio.fetch import ImageFetcher
+from backend.pipeline import TaskPipeline
+from backend.service.inference import DirectInference
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _runner: LocalRunner | None = None
-_service: InferenceService | None = None
+_pipeline: TaskPipeline | None = None
 
 
 class LocalRunner:
     """A daemon thread working through chunks in order."""
 
-    def __init__(self, settings: Settings, predictor: Predictor | None = None) -> None:
+    def __init__(self, settings: Settings, pipeline: TaskPipeline | None = None) -> None:
         self.settings = settings
-        self._predictor = predictor
+        self._pipeline = pipeline
         self._queue: queue.Queue[tuple[int, list[int], str]] = queue.Queue()
         self._waiting = 0
         self._lock = threading.Lock()
@@ -77,29 +75,19 @@ class LocalRunner:
         return {**self.progress.snapshot(), "waiting": waiting, "dropped": self.dropped,
                 "chunks_done": self.chunks_done}
 
-    @property
-    def model_version(self) -> str:
-        return self._predictor_now().model_version
-
-    def predict(self, images: Sequence[np.ndarray]) -> tuple[str, list[np.ndarray]]:
-        """Masks for ``images``; each image is offered to the int8 calibration sample, as ``/predict`` does."""
-        version, masks = self._predictor_now().predict(images)
-        for image in images:
-            calibration_sample.offer(image, self.settings)
-        return version, masks
-
-    def _predictor_now(self) -> Predictor:
-        """The server's inference thread if attached, else a network of its own, loaded on first need."""
-        if self._predictor is None:
-            self._predictor = ServicePredictor(_service) if _service is not None else SegmenterPredictor(self.settings)
-        return self._predictor
+    def pipeline(self, client: LabelStudioClient) -> TaskPipeline:
+        """The server's pipeline if attached, else one with a network of its own, loaded on first need."""
+        if self._pipeline is None:
+            self._pipeline = _pipeline or TaskPipeline(self.settings, DirectInference(self.settings),
+                                                       ImageFetcher(self.settings, client.auth))
+        return self._pipeline
 
     def _run(self) -> None:
         client = LabelStudioClient.from_settings(self.settings)
         while True:
             project_id, part, version = self._queue.get()
             try:
-                preannotate_tasks(project_id, part, client=client, predictor=self,
+                preannotate_tasks(project_id, part, client=client, pipeline=self.pipeline(client),
                                   settings=self.settings, report=self._report, held_version=version)
             except Exception:  # Label Studio down through every retry, or a bug: this chunk only
                 log.exception("in-process pre-annotation of %d task(s) failed", len(part))
@@ -115,18 +103,18 @@ class LocalRunner:
         self.progress.incr(name)
 
 
-def attach_service(service: InferenceService | None) -> None:
-    """Let the in-process thread share the server's inference thread instead of loading a network."""
-    global _service
-    _service = service
+def attach_pipeline(pipeline: TaskPipeline | None) -> None:
+    """Let the in-process thread share the server's pipeline (its cache and inference thread)."""
+    global _pipeline
+    _pipeline = pipeline
 
 
-def runner(settings: Settings, predictor: Predictor | None = None) -> LocalRunner:
+def runner(settings: Settings, pipeline: TaskPipeline | None = None) -> LocalRunner:
     """The process's runner, started on first use."""
     global _runner
     with _lock:
         if _runner is None:
-            _runner = LocalRunner(settings, predictor)
+            _runner = LocalRunner(settings, pipeline)
         return _runner
 
 
@@ -136,6 +124,6 @@ def current_runner() -> LocalRunner | None:
 
 def reset() -> None:
     """Forget the runner (tests); its thread finishes what it has and then idles."""
-    global _runner, _service
+    global _runner, _pipeline
     with _lock:
-        _runner, _service = None, None
+        _runner, _pipeline = None, None

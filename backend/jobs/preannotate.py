@@ -11,29 +11,24 @@ it is held. A stored prediction turns the hold into a written mark (a ``/predict
 way must not answer the task too); a task that failed, or a chunk that stopped, is released so the
 next "Retrieve predictions" tries again.
 
-The ``score`` written with each prediction is the one ``/predict`` gives (one definition, in
-:func:`backend.labelstudio.results.brush_result`): the model's mean confidence inside the
-predicted region, 0 for an image with no region. Sorting the Data Manager by prediction score,
-ascending, therefore shows first the images whose masks the model is least sure of.
+Why through :class:`backend.pipeline.TaskPipeline`: a task is fetched, cached, segmented and
+turned into a brush result exactly as ``/predict`` does it, score included; in-process the
+pipeline (and so its cache) is the server's own.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
-from backend.images import ImageError
 from backend.jobs.inflight import InFlight, registry
-from backend.jobs.predictor import Predictor
 from backend.labelstudio.client import LabelStudioClient, TaskRejected
 from backend.labelstudio.config import BrushTarget, parse_label_config
-from backend.labelstudio.fetch import FetchError, ImageFetcher
-from backend.labelstudio.results import brush_result
-from backend.labelstudio.tasks import TaskImageError, load_task_image
+from backend.pipeline import LOAD_ERRORS, TaskImage, TaskPipeline
+from backend.service.inference import PRIORITY_BACKGROUND
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,10 +58,13 @@ def _noop(_: str, __: ChunkOutcome) -> None:
     pass
 
 
+BACKGROUND_WAIT_S = 3600.0
+"""How long a background batch may wait for the network (behind every ``/predict``) before it fails."""
+
+
 def preannotate_tasks(project_id: int, task_ids: list[int], *, client: LabelStudioClient,
-                      predictor: Predictor, settings: Settings, fetcher: ImageFetcher | None = None,
-                      report: Report = _noop, force: bool = False, held_version: str = "",
-                      inflight: InFlight | None = None) -> ChunkOutcome:
+                      pipeline: TaskPipeline, settings: Settings, report: Report = _noop, force: bool = False,
+                      held_version: str = "", inflight: InFlight | None = None) -> ChunkOutcome:
     """Predict and write each task that has no prediction of the current version yet (every task: ``force``).
 
     4xx answers fail the task they concern and the chunk goes on; Label Studio down through
@@ -74,10 +72,10 @@ def preannotate_tasks(project_id: int, task_ids: list[int], *, client: LabelStud
     ``held_version``: the version the tasks were handed over under, whose holds are settled
     (``inflight``, by default the one ``settings`` name).
     """
-    chunk = _Chunk(project_id, task_ids, client, predictor, settings, report, force,
+    chunk = _Chunk(project_id, task_ids, client, pipeline, settings, report, force,
                    inflight or registry(settings), held_version)
     try:
-        chunk.run(fetcher or ImageFetcher(settings, client.auth))
+        chunk.run()
     finally:
         chunk.release_unresolved()
     return chunk.outcome
@@ -86,11 +84,11 @@ def preannotate_tasks(project_id: int, task_ids: list[int], *, client: LabelStud
 class _Chunk:
     """One chunk's run: its counters, and what each task's hold becomes."""
 
-    def __init__(self, project_id: int, task_ids: list[int], client: LabelStudioClient, predictor: Predictor,
+    def __init__(self, project_id: int, task_ids: list[int], client: LabelStudioClient, pipeline: TaskPipeline,
                  settings: Settings, report: Report, force: bool, inflight: InFlight, held_version: str) -> None:
         self.task_ids = task_ids
         self.client = client
-        self.predictor = predictor
+        self.pipeline = pipeline
         self.settings = settings
         self.report = report
         self.force = force
@@ -99,7 +97,7 @@ class _Chunk:
         self.outcome = ChunkOutcome(project_id, len(task_ids))  # the version is read when the network is needed
         self.resolved: set[int] = set()
 
-    def run(self, fetcher: ImageFetcher) -> None:
+    def run(self) -> None:
         """The project's brush target, then the tasks in engine batches of ``ISNET_PREDICT_BATCH``."""
         try:
             project = self.client.project(self.outcome.project)
@@ -111,11 +109,11 @@ class _Chunk:
             return
         size = max(1, self.settings.predict_batch)
         for start in range(0, len(self.task_ids), size):
-            self.run_batch(self.task_ids[start:start + size], fetcher, target)
+            self.run_batch(self.task_ids[start:start + size], target)
 
-    def run_batch(self, task_ids: list[int], fetcher: ImageFetcher, target: BrushTarget) -> None:
-        """Skip, fetch, predict (one engine batch) and write the tasks of one batch."""
-        version = self.predictor.model_version
+    def run_batch(self, task_ids: list[int], target: BrushTarget) -> None:
+        """Skip, load, predict (one engine batch) and write the tasks of one batch."""
+        version = self.pipeline.model_version
         self.outcome.model_version = version
         wanted = [task_id for task_id in task_ids if self.missing(task_id, version)]
         if not wanted:
@@ -126,24 +124,27 @@ class _Chunk:
             for task_id in wanted:
                 self.fail(task_id, str(exc))
             return
-        todo: list[tuple[int, np.ndarray]] = []
+        todo: list[tuple[int, dict[str, Any], TaskImage | Exception]] = []
         for task_id in wanted:
             task = found.get(task_id)
             if task is None:
                 self.fail(task_id, f"not in project {self.outcome.project} (deleted?)")
                 continue
             try:
-                todo.append((task_id, load_task_image(task, target, fetcher, self.settings.max_pixels)))
-            except (TaskImageError, ImageError, FetchError) as exc:
-                # Written as an empty prediction, as /predict does, so the task is not tried forever.
-                self.write(task_id, [], 0.0, version, failed=str(exc))
+                todo.append((task_id, task, self.pipeline.load(task, target)))
+            except LOAD_ERRORS as exc:
+                todo.append((task_id, task, exc))
         if not todo:
             return
-        ran_version, masks = self.predictor.predict([image for _, image in todo])
-        self.outcome.model_version = ran_version
-        for (task_id, _), mask in zip(todo, masks, strict=True):
-            result, score = brush_result(mask, target, self.settings.threshold)
-            self.write(task_id, result, score, ran_version)
+        predictions = self.pipeline.run([task for _, task, _ in todo], [item for _, _, item in todo], target,
+                                        time.monotonic() + BACKGROUND_WAIT_S, PRIORITY_BACKGROUND, strict=True)
+        for (task_id, _, _), prediction in zip(todo, predictions, strict=True):
+            if prediction is None:
+                self.fail(task_id, "the network was busy for the whole wait")
+                continue
+            self.outcome.model_version = prediction.model_version
+            # A failed image is written as an empty prediction, as /predict does, so it is not tried forever.
+            self.write(task_id, prediction.result, prediction.score, prediction.model_version, prediction.error)
 
     def missing(self, task_id: int, version: str) -> bool:
         """True when the task still needs a prediction of ``version`` (always with ``force``); else counted."""

@@ -43,6 +43,9 @@ PRIORITY_PROMPT = 0
 PRIORITY_INTERACTIVE = 1
 """A single-task ``/predict``: an annotator opened a task."""
 PRIORITY_BATCH = 2
+"""A chunk of a large "Retrieve predictions" request."""
+PRIORITY_BACKGROUND = 3
+"""Background pre-annotation sharing the server's thread: it waits whenever anyone else does."""
 
 
 def load_segmenter(settings: Settings, version: ModelVersion) -> Segmenter:
@@ -291,6 +294,42 @@ class InferenceService:
         self.batches_done += 1
         log.debug("inference", extra={"images": len(images), "seconds": round(elapsed, 3)})
         return list(masks)
+
+
+class DirectInference:
+    """The current registry version (or a pinned one), loaded in this process and run on the
+    caller's thread: what an RQ worker or ``isnet preannotate`` predicts with, where no request
+    waits and no queue is needed. It follows the registry like :class:`InferenceService`, so
+    predictions are written under what ``/setup`` reports at that moment."""
+
+    def __init__(self, settings: Settings, version: str | None = None) -> None:
+        self.settings = settings
+        self.watcher = VersionWatcher(settings)
+        self._pinned = self.watcher.registry.get(version) if version else None
+        self._lock = threading.Lock()
+        self._version = self._pinned or self.watcher.current()
+        self._segmenter = load_segmenter(settings, self._version)
+
+    @property
+    def model_version(self) -> str:
+        return (self._pinned or self.watcher.current()).name
+
+    @property
+    def identity(self) -> tuple[str, str, int]:
+        return self.model_version, self._segmenter.engine.name, self._segmenter.size
+
+    def predict(self, images: Sequence[np.ndarray], deadline: float = 0.0, priority: int = PRIORITY_BACKGROUND,
+                request_id: str = "-", size: int | None = None) -> InferenceOutcome:
+        """Masks for every image (nothing else is waiting here, so ``deadline`` and ``priority`` do not apply)."""
+        started = time.monotonic()
+        with self._lock:
+            version = self._pinned or self.watcher.current()
+            if version.name != self._version.name:
+                self._segmenter, self._version = load_segmenter(self.settings, version), version
+            segmenter = self._segmenter if size in (None, self._segmenter.size) else Segmenter(
+                self._segmenter.engine, size)
+            masks = list(segmenter.predict(images)) if images else []
+            return InferenceOutcome(self._version.name, masks, time.monotonic() - started)
 
 
 def _torch_threads() -> int:

@@ -21,7 +21,7 @@ from torch import nn
 
 from backend.isnet.training.budget import Budget, StepTimer
 from backend.isnet.training.data import Pair, batch_indices, centre_views, sample_batch
-from backend.isnet.training.losses import reconstruction_loss
+from backend.isnet.training.losses import all_finite, gradients_finite, reconstruction_loss
 from backend.isnet.training.options import TrainOptions
 from backend.isnet.training.progress import ProgressFn, emit
 
@@ -134,7 +134,7 @@ def train_gt_encoder(
     optimizer = torch.optim.Adam(encoder.parameters(), lr=options.gt_lr, betas=(0.9, 0.999), eps=1e-8)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
-    scaler = torch.amp.GradScaler("cuda", enabled=bool(options.amp))
+    scaler = torch.amp.GradScaler("cuda", enabled=options.grad_scaling)
     views = centre_views(eval_subset(pairs, options.gt_eval_items), *options.check_view)
     checks = list(checks or [])
     cap = options.gt_max_iters
@@ -175,13 +175,17 @@ def train_gt_encoder(
         side, crop, min_scale = options.geometry(step)
         _, masks = sample_batch(pairs, indices, side, crop, rng, options.flip, min_scale, with_images=False)
         masks = masks.to(device)
-        with torch.autocast(torch.device(device).type, dtype=torch.float16, enabled=bool(options.amp)):
+        with torch.autocast(torch.device(device).type, dtype=options.autocast_dtype, enabled=bool(options.amp)):
             sides, _ = encoder(masks)
-        parts = reconstruction_loss(sides, masks)
         optimizer.zero_grad(set_to_none=True)
+        parts = reconstruction_loss(sides, masks) if all_finite(sides) else None
+        if parts is None:  # a bad reduced-precision step is skipped, as the fp16 loss scaler would
+            step += 1
+            continue
         scaler.scale(parts.total).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        if options.grad_scaling or gradients_finite(optimizer):
+            scaler.step(optimizer)
+            scaler.update()
         step += 1
         running.append(parts.bce)
         timer.add(time.perf_counter() - tick)

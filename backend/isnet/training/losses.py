@@ -8,7 +8,7 @@ autocast and numerically poor; casting the six maps and features up costs little
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +79,17 @@ def feature_loss(pred_features: Sequence[Tensor], target_features: Sequence[Tens
     with torch.autocast(pred_features[0].device.type, enabled=False):
         return sum((feature_distance(p, t, mode) for p, t in zip(pred_features, target_features, strict=True)),
                    pred_features[0].new_zeros((), dtype=torch.float32))
+
+
+def all_finite(tensors: Iterable[Tensor | None]) -> bool:
+    """Whether every given tensor is free of NaN and inf. bf16 autocast has no loss scaler to
+    catch a bad step, so outputs and gradients are checked here and such a step is skipped."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None)
+
+
+def gradients_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """:func:`all_finite` over the gradients of every parameter ``optimizer`` updates."""
+    return all_finite(p.grad for group in optimizer.param_groups for p in group["params"])
 
 
 def reconstruction_loss(sides: Sequence[Tensor], masks: Tensor) -> LossParts:

@@ -51,7 +51,7 @@ class _Tiny(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         feats = self.features(x)
-        sides = [torch.sigmoid(F.interpolate(side(f), size=x.shape[2:], mode="bilinear", align_corners=False))
+        sides = [torch.sigmoid(F.interpolate(side(f), size=x.shape[2:], mode="bilinear", align_corners=False).float())
                  for side, f in zip(self.sides, feats, strict=True)]
         return sides, feats
 

@@ -23,7 +23,7 @@ from backend.isnet.training.batchnorm import freeze, set_train_mode
 from backend.isnet.training.budget import Budget, StepTimer, learning_rate, planned_steps
 from backend.isnet.training.data import Pair, batch_indices, sample_batch
 from backend.isnet.training.gt_encoder import GTEncoderResult, train_gt_encoder
-from backend.isnet.training.losses import LossParts, segmentation_loss
+from backend.isnet.training.losses import LossParts, all_finite, gradients_finite, segmentation_loss
 from backend.isnet.training.options import TrainOptions
 from backend.isnet.training.progress import ProgressFn, emit
 
@@ -126,7 +126,7 @@ def train_segmenter(
     optimizer = torch.optim.Adam(params, lr=options.lr, betas=(0.9, 0.999), eps=1e-8)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
-    scaler = torch.amp.GradScaler("cuda", enabled=bool(options.amp))
+    scaler = torch.amp.GradScaler("cuda", enabled=options.grad_scaling)
     if scaler_state:
         scaler.load_state_dict(scaler_state)
     losses = list(losses or [])
@@ -169,18 +169,23 @@ def _segmenter_step(model: nn.Module, gt_encoder: nn.Module | None, pairs: Seque
     side, crop, min_scale = options.geometry(step)
     images, masks = sample_batch(pairs, indices, side, crop, rng, options.flip, min_scale)
     images, masks = images.to(device), masks.to(device)
-    with torch.autocast(torch.device(device).type, dtype=torch.float16, enabled=bool(options.amp)):
+    with torch.autocast(torch.device(device).type, dtype=options.autocast_dtype, enabled=bool(options.amp)):
         sides, features = model(images)
         gt_features = None
         if gt_encoder is not None:
             with torch.no_grad():
                 gt_features = gt_encoder(masks)[1]
+    optimizer.zero_grad(set_to_none=True)
+    if not all_finite(sides):
+        return None
     parts = segmentation_loss(sides, masks, features if gt_encoder is not None else None, gt_features,
                               options.feature_loss, options.feature_weight)
-    optimizer.zero_grad(set_to_none=True)
     if not math.isfinite(float(parts.total.detach())):
         return None
     scaler.scale(parts.total).backward()
+    if not options.grad_scaling and not gradients_finite(optimizer):
+        optimizer.zero_grad(set_to_none=True)
+        return None
     scaler.step(optimizer)
     scaler.update()
     return parts
