@@ -12,9 +12,7 @@ The model version and thread count are the serving ones (ISNET_THREADS, 0 = libr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,23 +28,9 @@ from backend.isnet.engines import ENGINE_NAMES, create_engine  # noqa: E402
 from backend.isnet.processing import preprocess  # noqa: E402
 from backend.isnet.registry import ModelRegistry  # noqa: E402
 from backend.settings import load  # noqa: E402
+from bench.machine import cpu  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
-
-
-def _cpu() -> str:
-    """The CPU's model and whether it has AVX-512 VNNI: int8 convolutions are fast only with it
-    (or AVX-VNNI / AMX); on plain AVX2 they are not much faster than fp32's."""
-    model, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    vnni = "yes" if flags & {"avx512_vnni", "avx_vnni", "amx_int8"} else "no"
-    return f"{model} (int8 dot-product instructions, VNNI/AMX: {vnni})"
 
 
 def _batch(size: int, count: int, max_pixels: int) -> np.ndarray:
@@ -76,7 +60,7 @@ def main() -> int:
         os.environ["ISNET_CALIB_DIR"] = str(SHARED / "duts-tr-300" / "images")
     settings = load()
     version = ModelRegistry(settings).current()
-    print(f"model {version.name}, {_cpu()}, {os.cpu_count()} CPUs, "
+    print(f"model {version.name}, {cpu()}, "
           f"threads {settings.threads or 'default'}, median of {args.repeat}\n")
     rows = []
     for size in args.sizes:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -42,6 +41,7 @@ from backend.isnet.segmenter import Segmenter
 from backend.settings import load
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu
 from serve import CONFIG as BRUSH_CONFIG
 from serve import IMAGE, backend, file_server
 
@@ -52,15 +52,6 @@ CANVAS_BAR = 0.02
 CONFIG = BRUSH_CONFIG.replace(
     "</View>", '<RectangleLabels name="box" toName="image" smart="true"><Label value="Foreground"/>'
                "</RectangleLabels></View>")
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            flags = Path("/proc/cpuinfo").read_text()
-            vnni = "avx512_vnni" in flags or "avx_vnni" in flags
-            return f"{line.split(':', 1)[1].strip()} ({'with' if vnni else 'no'} int8 dot-product instructions)"
-    return platform.processor() or "unknown CPU"
 
 
 def gt_box(mask: np.ndarray, pad: float = PROMPT_PAD) -> Box | None:
@@ -226,7 +217,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     sizes = [int(s) for s in args.sizes.split(",")]
     margins = [float(m) for m in args.margins.split(",")]
-    print(f"CPU: {cpu_model()}")
+    print(f"CPU: {cpu()}")
     if parts & {"duts", "canvas"}:
         models = Models(args.engine, sizes)
         print(f"engine {models.engine.name}, full images at {models.full.size}, crops at {sizes}")

@@ -1,100 +1,121 @@
-"""Training throughput of the segmentation stage (images/s), with and without the feature loss.
+"""Where a retraining step's time goes, per recipe: forward, feature loss, backward, optimizer.
 
-One fine-tuning step is what ``isnet train`` runs: images resized to the serving size
-(1024), a random ``crop x crop`` window, ISNetDIS forward + backward with BatchNorm frozen,
-side-output BCE, plus, with the feature loss on, the frozen GT encoder's forward on the mask
-window and the six feature distances; then an Adam step. Measured at crop 320 (the CPU
-default) and 1024 (the full serving input, the CUDA default), on real DUTS-TR pairs when
-they are present (random ones otherwise), after ``--warmup`` untimed steps. Weights do not
-change the cost, so both networks are freshly initialised (no weight download needed).
+One step is what ``isnet train`` runs (:func:`backend.isnet.training.trainer.train_segmenter`):
+one butterflies image resized whole to the serving size (1024), the ISNetDIS forward with
+BatchNorm frozen, the frozen GT encoder's forward on the mask plus the six feature distances
+(when the feature loss is on), the six side-output BCEs, backward, and an Adam step. Each phase
+is timed separately after ``--warmup`` untimed steps; weights do not change the cost, so both
+networks are freshly initialised (no download needed).
 
-    .venv/bin/python bench/train.py [--crops 320 1024] [--batch 2] [--iters 3] [--warmup 1] [--device cpu]
+Recipes: whole images at 1024 in fp32, and in bf16 autocast (the default on CPUs with AMX),
+each with the feature loss on and off (the ablation), and the old default (random 320 crops of
+the 1024-resized image) for comparison.
 
-CPU note: one step at crop 1024 costs about ten steps at 320; expect minutes per setting.
+    .venv/bin/python bench/train.py [--iters 3] [--warmup 1] [--recipes NAME ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import resource
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from backend.isnet.network import ISNetDIS, ISNetGTEncoder
-from backend.isnet.training.data import Dataset, Pair, load_pairs
-from backend.isnet.training.options import TrainOptions
-from backend.isnet.training.trainer import train_segmenter
-from backend.settings import load
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-DUTS_TR = Path(__file__).resolve().parents[2] / "shared" / "data" / "duts-tr-300"
+from backend.isnet.network import ISNetDIS, ISNetGTEncoder  # noqa: E402
+from backend.isnet.training.batchnorm import freeze, set_train_mode  # noqa: E402
+from backend.isnet.training.data import Dataset, load_pairs, sample_batch  # noqa: E402
+from backend.isnet.training.losses import feature_loss, side_bce  # noqa: E402
+from backend.isnet.training.options import cpu_has_amx  # noqa: E402
+from bench.machine import cpu  # noqa: E402
 
-
-def bench_pairs(count: int, size: int) -> tuple[list[Pair], str]:
-    if (DUTS_TR / "images").is_dir():
-        items = Dataset.from_folders(DUTS_TR / "images", DUTS_TR / "masks").items[:count]
-        return load_pairs(items, 64_000_000, size)[0], f"{count} DUTS-TR pairs"
-    rng = np.random.default_rng(0)
-    pairs = [Pair(f"random{i}", rng.integers(0, 256, (300, 400, 3), dtype=np.uint8),
-                  (rng.random((300, 400)) > 0.5).astype(np.uint8) * 255) for i in range(count)]
-    return pairs, f"{count} random pairs"
+BUTTERFLIES = REPO.parent / "shared" / "data" / "butterflies" / "train"
 
 
-def measure(pairs: list[Pair], options: TrainOptions, warmup: int) -> tuple[float, float]:
-    """(images per second, seconds per iteration) over the timed steps."""
-    torch.manual_seed(0)
-    model = ISNetDIS()
-    encoder = ISNetGTEncoder() if options.uses_features else None
-    stamps: list[float] = []
-    if options.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-
-    def progress(event) -> None:
-        if event.stage == "segmenter":
-            if options.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            stamps.append(time.perf_counter())
-
-    start = time.perf_counter()
-    train_segmenter(model, encoder, pairs, options, progress=progress)
-    timed = stamps[warmup - 1:] if warmup else [start, *stamps]
-    per_iter = (timed[-1] - timed[0]) / (len(timed) - 1)
-    return options.batch / per_iter, per_iter
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    side: int
+    crop: int
+    bf16: bool
+    features: bool
 
 
-def peak_memory(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB GPU (peak allocated)"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB RSS (process peak so far)"
+RECIPES = {r.name: r for r in (
+    Recipe("whole-1024-fp32", 1024, 1024, False, True),
+    Recipe("whole-1024-fp32-no-feature-loss", 1024, 1024, False, False),
+    Recipe("whole-1024-bf16", 1024, 1024, True, True),
+    Recipe("whole-1024-bf16-no-feature-loss", 1024, 1024, True, False),
+    Recipe("crop-320-fp32 (old default)", 1024, 320, False, True),
+)}
+PHASES = ("data", "forward", "feature loss", "bce", "backward", "optimizer")
+
+
+def step_phases(model, encoder, optimizer, pairs, recipe: Recipe, step: int) -> dict[str, float]:
+    """One training step, as the trainer runs it, with each phase's seconds."""
+    times: dict[str, float] = {}
+    tick = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal tick
+        now = time.perf_counter()
+        times[phase] = now - tick
+        tick = now
+
+    rng = np.random.default_rng(step)
+    images, masks = sample_batch(pairs, [step % len(pairs)], recipe.side, recipe.crop, rng, True, 1.0)
+    lap("data")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+        sides, features = model(images)
+        lap("forward")
+        loss_f = None
+        if recipe.features:
+            with torch.no_grad():
+                gt_features = encoder(masks)[1]
+            loss_f = 0.02 * feature_loss(features, gt_features, "mse")
+    lap("feature loss")
+    bce, _ = side_bce(sides, masks)
+    total = bce + loss_f if loss_f is not None else bce
+    lap("bce")
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    lap("backward")
+    optimizer.step()
+    lap("optimizer")
+    return times
 
 
 def main() -> None:
-    settings = load()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--crops", type=int, nargs="+", default=[320, 1024])
-    parser.add_argument("--size", type=int, default=1024, help="serving size the images are resized to")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=3, help="timed iterations per setting")
+    parser.add_argument("--iters", type=int, default=3, help="timed steps per recipe")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--device", default=settings.device)
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     args = parser.parse_args()
-    if settings.threads > 0:
-        torch.set_num_threads(settings.threads)
-    pairs, source = bench_pairs(8, args.size)
-    print(f"segmentation-stage training throughput on {args.device} ({torch.get_num_threads()} threads), "
-          f"batch {args.batch}, {source} resized to {args.size}, {args.iters} timed iterations")
-    print(f"{'crop':>5} {'feature loss':>12} {'images/s':>9} {'s/iter':>8}  memory")
-    for crop in args.crops:
-        for feature_loss in ("mse", "off"):
-            options = TrainOptions(iters=args.warmup + args.iters, size=max(args.size, crop), crop=crop,
-                                   batch=args.batch, device=args.device, feature_loss=feature_loss,
-                                   checkpoint_every=10**9)
-            options = dataclasses.replace(options, amp=None).resolved()
-            rate, per_iter = measure(pairs, options, args.warmup)
-            print(f"{crop:>5} {feature_loss:>12} {rate:>9.3f} {per_iter:>8.2f}  {peak_memory(args.device)}", flush=True)
+    items = Dataset.from_folders(BUTTERFLIES / "images", BUTTERFLIES / "masks").items[:4]
+    pairs = load_pairs(items, 64_000_000, 1024)[0]
+    print(f"one training step per recipe, batch 1, {len(pairs)} butterflies pairs; {args.iters} timed steps after "
+          f"{args.warmup} warm-up; {torch.get_num_threads()} torch threads\nCPU: {cpu()}; AMX detected by torch: "
+          f"{cpu_has_amx()} (bf16 is the CPU default only then)")
+    header = "".join(f"{p:>13}" for p in PHASES)
+    print(f"{'recipe':34}{header}{'step s':>9}{'images/s':>10}")
+    for name in args.recipes:
+        recipe = RECIPES[name]
+        torch.manual_seed(0)
+        model = set_train_mode(ISNetDIS(), "frozen")
+        encoder = freeze(ISNetGTEncoder()) if recipe.features else None
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        rows = [step_phases(model, encoder, optimizer, pairs, recipe, k) for k in range(args.warmup + args.iters)]
+        timed = rows[args.warmup:]
+        means = {p: float(np.mean([r[p] for r in timed])) for p in PHASES}
+        step = sum(means.values())
+        cells = "".join(f"{means[p]:>12.2f}s" for p in PHASES)
+        print(f"{name:34}{cells}{step:>8.2f}s{1 / step:>10.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from backend.isnet.registry import ModelRegistry  # noqa: E402
 from backend.isnet.segmenter import Segmenter  # noqa: E402
 from backend.labelstudio.results import prediction_score  # noqa: E402
 from backend.settings import Settings, load  # noqa: E402
-from bench.engines import _cpu  # noqa: E402
+from bench.machine import cpu  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 BIKE = REPO.parent / "shared" / "fixtures" / "dis-demo" / "reference" / "bike.png"  # a 3000x2000 mask
@@ -275,7 +275,7 @@ def main() -> int:
     if not os.environ.get("ISNET_CALIB_DIR"):  # int8 calibrates on training images, never on the test sets
         os.environ["ISNET_CALIB_DIR"] = str(SHARED / "duts-tr-300" / "images")
     predictions = Predictions(load(), args.engine, args.size, args.cache)
-    print(f"model {predictions.version}, engine {args.engine}, size {args.size}, {_cpu()}, {os.cpu_count()} CPUs")
+    print(f"model {predictions.version}, engine {args.engine}, size {args.size}, {cpu()}")
     results = {s: measure_set(s, predictions, args.limit) for s in args.sets}
     if predictions.computed:
         print(f"predicted {predictions.computed} images, {predictions.seconds / predictions.computed:.2f} s/image "

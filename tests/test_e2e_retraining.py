@@ -1,0 +1,70 @@
+"""End to end against a real Label Studio 1.23: brush annotations made in Label Studio, then
+"Start training" (``POST /api/ml/{id}/train``, which sends ``START_TRAINING`` to the webhook), give a
+retraining cycle on the annotations as Label Studio exports them, a promoted version, and that
+version reported by ``/setup`` and listed in Label Studio's model versions.
+
+The weights are irrelevant to what is checked (the plumbing), so the network is an untrained
+ISNet at 128 and the cycle takes two steps; the real learning runs are in ``bench/`` and README.md.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from backend.labelstudio.rle import mask_to_rle
+from tests.paths import DUTS_TR
+
+pytestmark = pytest.mark.slow
+
+CONFIG = (
+    '<View><Image name="image" value="$image"/>'
+    '<BrushLabels name="tag" toName="image"><Label value="Foreground"/></BrushLabels></View>'
+)
+ANNOTATED = 6
+CYCLE_TIMEOUT_S = 300
+
+
+def brush(mask_path) -> dict:
+    mask = np.asarray(Image.open(mask_path).convert("L")) > 127
+    return {"from_name": "tag", "to_name": "image", "type": "brushlabels",
+            "original_width": mask.shape[1], "original_height": mask.shape[0], "image_rotation": 0,
+            "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": ["Foreground"]}}
+
+
+def setup_version(url: str) -> str:
+    return requests.post(url + "/setup", json={"schema": CONFIG}, timeout=5).json()["model_version"]
+
+
+def test_annotations_then_start_training_give_a_new_version_that_setup_reports(
+        label_studio, serve_backend, random_checkpoint, tmp_path):
+    backend = serve_backend({
+        "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.legacy_token, "REDIS_URL": "",
+        "ISNET_WEIGHTS": str(random_checkpoint), "ISNET_INPUT_SIZE": "128", "ISNET_ENGINE": "torch",
+        "ISNET_HOME": str(tmp_path / "home"), "MODEL_DIR": str(tmp_path / "models"),
+        "ISNET_TRAIN_BUDGET": "0", "ISNET_TRAIN_ITERS": "2", "ISNET_TRAIN_GT_ITERS": "2",
+        "ISNET_PROMOTE_RULE": "always", "ISNET_MIN_NEW_LABELS": "1000",  # only "Start training" starts it
+    })
+    project = label_studio.create_project("retraining", CONFIG)
+    images = sorted((DUTS_TR / "images").iterdir())[:ANNOTATED]
+    task_ids = label_studio.upload_images(project, images)
+    ml = label_studio.connect_backend(project, backend.url)
+    pretrained = setup_version(backend.url)
+    for task_id, image in zip(task_ids, images, strict=True):
+        label_studio.annotate(task_id, [brush(DUTS_TR / "masks" / f"{image.stem}.png")])
+
+    label_studio.api("POST", f"/api/ml/{ml['id']}/train")
+
+    deadline = time.monotonic() + CYCLE_TIMEOUT_S
+    while (version := setup_version(backend.url)) == pretrained and time.monotonic() < deadline:
+        time.sleep(1)
+    report = requests.get(backend.url + "/metrics", timeout=5).json()["retraining"]
+    assert version != pretrained, f"no new version within {CYCLE_TIMEOUT_S} s; last report: {report}"
+    assert report["status"] == "promoted" and report["version"] == version, report
+    assert report["project"] == project and report["used"] == ANNOTATED  # every annotation, as exported
+    assert report["trained_on"] + report["held_out"] == ANNOTATED and report["steps"] == 2, report
+    assert label_studio.api("GET", f"/api/ml/{ml['id']}/versions")["versions"][0] == version
