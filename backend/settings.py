@@ -41,7 +41,7 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``ISNET_PREDICT_BUDGET`` | ``60`` | seconds per ``/predict`` (LS waits 100); the rest is queued for pre-annotation |
 | ``ISNET_PREDICT_BATCH`` | ``4`` | images per engine call; bounds memory (about 0.6 GB per image at 1024 on CPU) |
 | ``ISNET_INTERACTIVE_SIZE`` | ``1024`` | network input for box and click prompts (a crop of the full image) |
-| ``ISNET_INTERACTIVE_MARGIN`` | ``0.4`` | context around a box prompt, per side, in fractions of its size |
+| ``ISNET_INTERACTIVE_MARGIN`` | ``0.2`` | context around a box prompt, per side, in fractions of its size |
 | ``ISNET_INTERACTIVE_IMAGES`` | ``4`` | decoded task images kept for further prompts on the same image |
 | ``ISNET_CACHE_MB`` | ``256`` | memory for cached results (per image, version, engine, size, threshold); 0 = off |
 | ``ISNET_TRAIN_BUDGET`` | ``30`` | minutes a retraining cycle may take in all; the step count fits what is left |
@@ -130,7 +130,7 @@ class Settings:
     predict_budget: float = field(default_factory=lambda: float(_env("ISNET_PREDICT_BUDGET", "60")))
     predict_batch: int = field(default_factory=lambda: int(_env("ISNET_PREDICT_BATCH", "4")))
     interactive_size: int = field(default_factory=lambda: int(_env("ISNET_INTERACTIVE_SIZE", "1024")))
-    interactive_margin: float = field(default_factory=lambda: float(_env("ISNET_INTERACTIVE_MARGIN", "0.4")))
+    interactive_margin: float = field(default_factory=lambda: float(_env("ISNET_INTERACTIVE_MARGIN", "0.2")))
     interactive_images: int = field(default_factory=lambda: int(_env("ISNET_INTERACTIVE_IMAGES", "4")))
     cache_mb: float = field(default_factory=lambda: float(_env("ISNET_CACHE_MB", "256")))
     train_budget: float = field(default_factory=lambda: float(_env("ISNET_TRAIN_BUDGET", "30")))

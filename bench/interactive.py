@@ -1,8 +1,9 @@
 """Interactive prompts: accuracy of box prompts on real data, and latency through ``isnet serve``.
 
 1. ``duts``: every ``duts-te-500`` image with its ground-truth bounding box plus 10% as the
-   prompt. Mean IoU (threshold 0.5) of the box prompt's mask, next to the full-image prediction
-   at the serving size. Bar: the box is not below the full image.
+   prompt. Mean IoU (threshold 0.5) of the box prompt's mask (as the server makes it: the
+   whole-image prediction where the box frames its foreground, else the box's crop), next to
+   the full-image prediction at the serving size. Bar: the box is not below the full image.
 2. ``canvas``: 100 two-object canvases, two ``duts-te-500`` images of the same height side by
    side at their own scale (consecutive in name order among images of that height; no padding,
    which would put an artificial flat region into the crops). The box around one object (alternately left and
@@ -22,6 +23,7 @@ Every mask is computed with the project's own code (:mod:`backend.isnet.promptin
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -108,7 +110,7 @@ def bench_duts(models: Models, pairs, margins: list[float]) -> None:
         for size in models.sizes:
             for margin in margins:
                 prob = segment_object(image, models.crop_predict(size), box.clip(image.shape[1], image.shape[0]),
-                                      margin=margin)
+                                      margin=margin, whole=functools.partial(models.whole, name, image))
                 rows.setdefault(f"box, size {size}, margin {margin:g}", []).append(iou(prob, gt))
     full = float(np.mean(rows["full image"]))
     print(f"\nduts-te-500, {len(rows['full image'])} images, prompt = ground-truth box + {PROMPT_PAD:.0%}")
@@ -147,11 +149,12 @@ def bench_canvas(models: Models, pairs, margins: list[float], count: int) -> Non
         if box is None:
             continue
         alone.append(iou(models.whole(name, own), gt_own))
-        full.append(iou(models.full.predict_one(image), gt))
+        canvas = models.full.predict_one(image)
+        full.append(iou(canvas, gt))
         for size in models.sizes:
             for margin in margins:
                 prob = segment_object(image, models.crop_predict(size), box.clip(image.shape[1], image.shape[0]),
-                                      margin=margin)
+                                      margin=margin, whole=functools.partial(np.copy, canvas))
                 boxed.setdefault((size, margin), []).append(iou(prob, gt))
     ref = float(np.mean(alone))
     print(f"\n{len(alone)} two-object canvases (duts-te-500 images of the same height side by side), one object each")

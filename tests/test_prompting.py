@@ -103,3 +103,34 @@ def test_without_a_box_the_clicks_choose_from_the_whole_image_prediction():
     assert net.shapes == []  # the cached whole-image answer was enough
     assert prob[50:150, 180:280].min() == 255 and prob[:, :150].max() == 0
     assert whole[20:60, 20:60].min() == 255  # the cached answer itself is left as it was
+
+
+def single_object_scene() -> np.ndarray:
+    """A 200x300 dark image with one bright rectangle, what ISNet would take for "the" foreground."""
+    image = np.zeros((200, 300, 3), np.uint8)
+    image[50:150, 100:220] = 255
+    return image
+
+
+def test_a_box_that_frames_the_whole_images_foreground_is_answered_from_the_whole_image():
+    image, net = single_object_scene(), Bright()
+    whole = np.where(image.mean(axis=2) > 128, 200, 0).astype(np.uint8)  # told apart from the crop's 255
+    prob = segment_box(image, Box(88, 40, 232, 160), net, whole=lambda: whole)
+    assert net.shapes == []  # no crop was run
+    assert prob[50:150, 100:220].min() == 200 and prob[:40].max() == 0
+
+
+def test_a_box_around_one_of_several_objects_runs_on_its_crop():
+    image, net = scene(), Bright()
+    whole = Bright()([image])[0]  # the whole image's foreground is all three squares
+    prob = segment_box(image, Box(170, 40, 290, 160), net, margin=0.2, whole=lambda: whole)
+    assert net.shapes == [(168, 154)]  # 120 plus 24 a side, clipped at the right edge
+    assert prob[50:150, 180:280].min() == 255 and prob[:, :170].max() == 0
+
+
+def test_a_box_holding_the_foreground_but_far_larger_than_it_runs_on_its_crop():
+    image, net = np.zeros((200, 300, 3), np.uint8), Bright()
+    image[80:110, 130:170] = 255  # a small object: 2 % of the box below
+    whole = np.where(image.mean(axis=2) > 128, 200, 0).astype(np.uint8)
+    segment_box(image, Box(0, 0, 300, 200), net, whole=lambda: whole)
+    assert len(net.shapes) == 1

@@ -2,7 +2,10 @@
 
 Why crops: ISNet segments "the" foreground of what it is shown. Shown a box around one object
 (plus a margin of context), it segments that object, with DIS-quality edges, because the crop
-is resized to the network's input instead of the whole photo. Clicks then choose among the
+is resized to the network's input instead of the whole photo. Why not always: when the box
+frames what ISNet already finds on the whole image (that foreground lies in the box and fills
+it), the whole-image prediction, made with all the context ISNet was trained on, is the better
+mask of that object, and it is the one used. Clicks then choose among the
 parts of that mask: a positive click keeps the connected part under it (a click on background
 first runs the network on a crop around the click), a negative click removes the part under it.
 
@@ -22,8 +25,13 @@ from backend.geometry import Box, Click
 
 Predict = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
-DEFAULT_MARGIN = 0.4
+DEFAULT_MARGIN = 0.2
 """Context around a box, as a fraction of the box's width and height on each side."""
+FRAMED_SHARE = 0.95
+"""A box frames the whole image's foreground when it holds at least this share of it ..."""
+FRAMED_FILL = 0.1
+"""... and that foreground covers at least this share of the box (a box far larger than it is a
+request for something else)."""
 CLICK_CROP = 0.4
 """Side of the crop around a click on background, as a fraction of the region it lies in."""
 MIN_CROP = 32
@@ -58,11 +66,31 @@ def predict_crop(image: np.ndarray, crop: tuple[int, int, int, int], predict: Pr
     return out
 
 
-def segment_box(image: np.ndarray, box: Box, predict: Predict, margin: float = DEFAULT_MARGIN) -> np.ndarray:
-    """``H x W`` 0-255 confidence of the object in ``box``; zero outside the box."""
+def segment_box(image: np.ndarray, box: Box, predict: Predict, margin: float = DEFAULT_MARGIN,
+                whole: Callable[[], np.ndarray] | None = None, threshold: float = 0.5) -> np.ndarray:
+    """``H x W`` 0-255 confidence of the object in ``box``; zero outside the box.
+
+    With ``whole`` (the whole image's confidence), a box that :func:`frames` its foreground is
+    answered from it; any other box from its crop.
+    """
     height, width = image.shape[:2]
+    if whole is not None:
+        full = whole()
+        if frames(full, box, threshold):
+            return keep_inside(full.copy(), box)
     prob = predict_crop(image, expand(box, margin, width, height, square=True), predict)
     return keep_inside(prob, box)
+
+
+def frames(prob: np.ndarray, box: Box, threshold: float = 0.5) -> bool:
+    """Whether ``box`` frames the foreground of ``prob``: it holds ``FRAMED_SHARE`` of it, and that
+    foreground covers ``FRAMED_FILL`` of the box."""
+    height, width = prob.shape
+    x0, y0, x1, y1 = box.clip(width, height).pixels()
+    foreground = prob > threshold * 255.0
+    total = int(np.count_nonzero(foreground))
+    inside = int(np.count_nonzero(foreground[y0:y1, x0:x1]))
+    return total > 0 and inside >= FRAMED_SHARE * total and inside >= FRAMED_FILL * (x1 - x0) * (y1 - y0)
 
 
 def keep_inside(prob: np.ndarray, box: Box) -> np.ndarray:
@@ -138,14 +166,16 @@ def segment_object(image: np.ndarray, predict: Predict, box: Box | None = None, 
                    whole: Callable[[], np.ndarray] | None = None) -> np.ndarray:
     """``H x W`` 0-255 confidence of one object chosen by a box and/or clicks.
 
-    With a box, the network runs on the box's crop and nothing outside the box is kept. Without
-    one, ``whole()`` gives the full-image confidence (a cached prediction, say) that the clicks
-    choose from; it defaults to predicting the whole image.
+    ``whole()`` gives the full-image confidence (a cached prediction, say); it defaults to
+    predicting the whole image. With a box, that answers a box that frames its foreground, the
+    box's crop any other (see :func:`segment_box`), and nothing outside the box is kept. Without
+    one, the clicks choose from it.
     """
-    if box is not None:
-        prob = segment_box(image, box, predict, margin)
-    else:
-        prob = (whole() if whole is not None else predict([image])[0]).copy()
+    if whole is None:
+        def whole() -> np.ndarray:
+            return predict([image])[0]
+
+    prob = segment_box(image, box, predict, margin, whole, threshold) if box is not None else whole().copy()
     if clicks:
         apply_clicks(prob, clicks, threshold, image, predict, box)
     return prob
