@@ -60,9 +60,12 @@ def test_annotations_then_start_training_give_a_new_version_that_setup_reports(
     label_studio.api("POST", f"/api/ml/{ml['id']}/train")
 
     deadline = time.monotonic() + CYCLE_TIMEOUT_S
-    while (version := setup_version(backend.url)) == pretrained and time.monotonic() < deadline:
+    while time.monotonic() < deadline:  # the version switches just before the outcome is recorded
+        version = setup_version(backend.url)
+        report = requests.get(backend.url + "/metrics", timeout=5).json()["retraining"] or {}
+        if version != pretrained and report.get("status") not in (None, "running"):
+            break
         time.sleep(1)
-    report = requests.get(backend.url + "/metrics", timeout=5).json()["retraining"]
     assert version != pretrained, f"no new version within {CYCLE_TIMEOUT_S} s; last report: {report}"
     assert report["status"] == "promoted" and report["version"] == version, report
     assert report["project"] == project and report["used"] == ANNOTATED  # every annotation, as exported

@@ -53,6 +53,7 @@ def test_isnet_train_refuses_an_existing_out_directory(tmp_path, tiny_pairs, cap
 def test_label_studio_fed_cycles_use_the_same_defaults_as_isnet_train_without_flags(monkeypatch, tmp_path):
     from backend.cli import build_parser
     from backend.cli.train import options_from_args
+    from backend.isnet.training.options import cpu_has_amx
     from worker.retrain import cycle_options
 
     for name in [n for n in os.environ if n.startswith(("ISNET_TRAIN_", "ISNET_PROMOTE_"))]:
@@ -66,7 +67,8 @@ def test_label_studio_fed_cycles_use_the_same_defaults_as_isnet_train_without_fl
     assert (cli.size, cli.crop, cli.scales, cli.min_scale) == (1024, 1024, (), 1.0)
     assert cli.geometry(7) == (1024, 1024, 1.0)
     assert (cli.batch, cli.lr, cli.schedule, cli.feature_loss, cli.feature_weight) == (1, 1e-5, "cosine", "mse", 0.02)
-    assert (cli.iters, cli.budget_min, cli.amp, cli.lr_floor) == (0, 30.0, False, 0.3)
+    assert (cli.iters, cli.budget_min, cli.lr_floor) == (0, 30.0, 0.3)
+    assert cli.amp == cpu_has_amx()  # bf16 where the CPU has AMX, else fp32
     assert (cli.promote_rule, cli.min_heldout, cli.holdout_fraction) == ("bootstrap", 30, 0.2)
 
     monkeypatch.setenv("ISNET_TRAIN_BUDGET", "12")  # one variable reaches both
