@@ -27,7 +27,7 @@ from backend.isnet import calibration_sample
 from backend.labelstudio.config import BrushTarget
 from backend.labelstudio.fetch import FetchError, ImageFetcher
 from backend.labelstudio.results import brush_result
-from backend.labelstudio.tasks import TaskImageError, image_url, load_task_image, task_label
+from backend.labelstudio.tasks import TaskImageError, image_url, task_label
 from backend.service.cache import CacheKey, ResultCache
 from backend.service.inference import InferenceOutcome
 from backend.service.logs import current_request_id
@@ -104,7 +104,7 @@ class TaskPipeline:
         """The version predictions are made with now."""
         return self.inference.identity[0]
 
-    def fetch(self, task: dict[str, Any], target: BrushTarget) -> tuple[str, bytes]:
+    def _fetch(self, task: dict[str, Any], target: BrushTarget) -> tuple[str, bytes]:
         """(URL, bytes) of the task's image; :class:`TaskImageError` says why not."""
         url = image_url(task, target).strip()
         task_id = task.get("id")
@@ -113,23 +113,26 @@ class TaskPipeline:
         except FetchError as exc:
             raise TaskImageError(f"{task_label(task)}: {exc}") from exc
 
+    def _decode(self, task: dict[str, Any], url: str, raw: bytes) -> np.ndarray:
+        return load_image(raw, self.settings.max_pixels, name=f"{task_label(task)} ({url})")
+
     def decode(self, task: dict[str, Any], target: BrushTarget) -> np.ndarray:
         """The task's image, decoded under every limit (smart-tool prompts need the pixels)."""
-        return load_task_image(task, target, self.fetcher, self.settings.max_pixels)
+        return self._decode(task, *self._fetch(task, target))
 
     def load(self, task: dict[str, Any], target: BrushTarget) -> TaskImage:
         """Fetch and hash a task's image; decode it only when its result is not cached.
 
         Raises :class:`TaskImageError` or :class:`ImageError` for an image that cannot be used.
         """
-        url, raw = self.fetch(task, target)
+        url, raw = self._fetch(task, target)
         version, engine, size = self.inference.identity
         key = CacheKey(hashlib.sha256(raw).hexdigest(), version, engine, size, float(self.settings.threshold))
         hit = self.cache.get(key)
         if hit is not None:
             result, score = hit
             return TaskImage(key, Prediction(_retarget(result, target), score, version, cached=True), None)
-        return TaskImage(key, None, load_image(raw, self.settings.max_pixels, name=f"{task_label(task)} ({url})"))
+        return TaskImage(key, None, self._decode(task, url, raw))
 
     def run(self, tasks: Sequence[dict[str, Any]], loaded: Sequence[TaskImage | Exception], target: BrushTarget,
             deadline: float, priority: int, request_id: str = "-", strict: bool = False) -> list[Prediction | None]:
