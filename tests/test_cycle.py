@@ -22,7 +22,7 @@ from backend.isnet.training.tiny import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = TrainOptions(iters=6, size=64, crop=32, batch=2, lr=1e-3, device="cpu", amp=False, gt_max_iters=4,
-                       gt_check_every=2, gt_target_f=1.1, checkpoint_every=3)
+                       gt_check_every=2, gt_target_f=1.1, checkpoint_every=3, anchors="none")
 
 
 def _visible(registry: ModelRegistry) -> list[str]:

@@ -20,7 +20,7 @@ from tests.paths import DUTS_TR
 pytestmark = pytest.mark.slow  # ONNX export and int8 calibration of the full network, twice
 
 OPTIONS = TrainOptions(iters=2, size=64, crop=32, batch=2, lr=1e-5, device="cpu", amp=False, gt_max_iters=2,
-                       gt_check_every=2, gt_target_f=1.1, promote_rule="always")
+                       gt_check_every=2, gt_target_f=1.1, promote_rule="always", anchors="none")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from backend.isnet.training.tiny import TINY
 
 # A target the tiny encoder reaches within its first checks, so a cached entry is a finished one.
 OPTIONS = TrainOptions(iters=2, size=64, batch=2, lr=1e-3, device="cpu", amp=False, gt_max_iters=40, gt_check_every=2,
-                       gt_target_f=0.6, promote_rule="never")
+                       gt_target_f=0.6, promote_rule="never", anchors="none")
 
 
 def _gt_steps(events) -> list[int]:

@@ -57,7 +57,8 @@ def test_the_guard_blocks_only_a_significant_loss_on_enough_earlier_images():
 
 def test_a_cycle_with_too_few_held_out_images_records_the_documented_decision(tiny_settings, tiny_pairs):
     images, masks = tiny_pairs(8)
-    options = TrainOptions(iters=2, size=64, batch=2, lr=1e-3, device="cpu", amp=False, feature_loss="off")
+    options = TrainOptions(iters=2, size=64, batch=2, lr=1e-3, device="cpu", amp=False, feature_loss="off",
+                           anchors="none")
     report = run_cycle((images, masks), tiny_settings, options, networks=TINY)
     assert not report.promoted and report.decision.verdict == "too small to judge"
     assert ModelRegistry(tiny_settings).current_name() is None
@@ -90,7 +91,7 @@ def test_the_forgetting_guard_rejects_a_challenger_that_fixes_new_labels_but_bre
     old_train, old_held = _pairs(names[:32], tmp_path / "a", False), _pairs(names[32:56], tmp_path / "a-held", False)
     new_train, new_held = _pairs(names[56:88], tmp_path / "b", True), _pairs(names[88:112], tmp_path / "b-held", True)
     options = TrainOptions(iters=80, size=64, batch=4, lr=3e-2, device="cpu", amp=False, feature_loss="off",
-                           min_heldout=20, budget_min=5)
+                           min_heldout=20, budget_min=5, anchors="none")
 
     first = run_cycle(old_train, tiny_settings, dataclasses.replace(options, promote_rule="always"),
                       held_out=old_held, networks=TINY)

@@ -58,6 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--scales", type=_sides, metavar="S[,S...]",
                         help="whole-image multi-scale training: step k uses whole images resized to the k-th "
                         "side in turn, e.g. 1024,320 (no crops; overrides --crop and --min-scale)")
+    parser.add_argument("--anchors",
+                        help="photos whose masks the cycle must keep: 'builtin' (scikit-image's), a folder, or "
+                        "'none' to keep the trained weights whole (default ISNET_TRAIN_ANCHORS, builtin)")
+    parser.add_argument("--anchor-drift", type=float,
+                        help="most the anchor masks may move (mean absolute difference); the trained weights are "
+                        "mixed with the champion's to stay within it (default ISNET_TRAIN_ANCHOR_DRIFT, 0.025)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--checkpoint-every", type=int, help="iterations between resumable checkpoints (default 100)")
     parser.add_argument("--promote-rule", help="promotion rule (default ISNET_PROMOTE_RULE, bootstrap)")
@@ -81,7 +87,8 @@ def options_from_args(args: argparse.Namespace, settings: Settings) -> TrainOpti
         settings, iters=args.iters, budget_min=args.budget, size=args.size, crop=args.crop, batch=args.batch,
         lr=args.lr, schedule=args.schedule, feature_loss=args.feature_loss, feature_weight=args.feature_weight,
         gt_max_iters=args.gt_iters, min_scale=args.min_scale, scales=args.scales, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, promote_rule=args.promote_rule,
+        checkpoint_every=args.checkpoint_every, promote_rule=args.promote_rule, anchors=args.anchors,
+        anchor_drift=args.anchor_drift,
     )
 
 
@@ -112,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained on {report.train_count} pairs, compared on {len(report.held_out)} held-out pairs "
           f"at size {options.size} ({_geometry(options)}, batch {options.batch}, feature loss {options.feature_loss})")
     print(_time_line(report, options))
+    mix = report.interpolation or {}
+    if mix.get("anchors"):
+        print(f"kept {mix['lam']:.4f} of the trained change: anchor masks moved {mix['drift']:.4f} "
+              f"(limit {mix['max_drift']:g}, {mix['anchors']} photos, {mix['seconds']:.0f} s)")
     for label in ("champion", "challenger"):
         metrics = report.metrics[label]
         name = report.champion if label == "champion" else report.version

@@ -52,6 +52,7 @@ from backend.isnet.training.history import (
     write_history,
     write_json_atomic,
 )
+from backend.isnet.training.interpolation import SEARCH_STEPS, interpolate_towards, load_anchors, predict_masks
 from backend.isnet.training.networks import ISNET, Networks
 from backend.isnet.training.options import TrainOptions
 from backend.isnet.training.progress import STATUS_FILE, Progress, ProgressFn, StatusWriter, emit
@@ -97,6 +98,8 @@ class CycleReport:
     """The forgetting guard's images (earlier cycles' held-out items) and both models' metrics there."""
     budget: dict[str, Any] = field(default_factory=dict)
     """The wall-time plan: minutes, seconds kept for after training, seconds used."""
+    interpolation: dict[str, Any] | None = None
+    """How much of the trained weights the challenger keeps (see :mod:`.interpolation`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,7 +108,7 @@ class CycleReport:
             "train": {"count": self.train_count}, "held_out": {"count": len(self.held_out), "keys": self.held_out},
             "earlier": self.earlier, "skipped": [s.to_dict() for s in self.skipped], "training": self.training,
             "options": self.options, "budget": self.budget, "resumed_from": self.resumed_from,
-            "seconds": self.seconds, "engines": self.engines,
+            "seconds": self.seconds, "engines": self.engines, "interpolation": self.interpolation,
         }
 
 
@@ -171,7 +174,7 @@ def run_cycle(
         raise
     status.write({"status": "done", "stage": "done", "version": report.version, "promoted": report.promoted,
                   "steps": report.training.get("steps"), "decision": report.decision.to_dict(),
-                  "budget": report.budget, "eta_s": 0})
+                  "budget": report.budget, "interpolation": report.interpolation, "eta_s": 0})
     return report
 
 
@@ -383,7 +386,16 @@ def _train_evaluate_write(
     timings["champion"] = time.perf_counter() - t
     t = time.perf_counter()
     write_reports(before[0], area.path / "reports")
-    budget.after_training = _after_training(timings["champion"], time.perf_counter() - t, model, champion, settings)
+    report_s = time.perf_counter() - t
+
+    # -- the champion's masks on the anchor photos, what the interpolation keeps close -------------
+    t = time.perf_counter()
+    anchors = load_anchors(options.anchors, settings.max_pixels)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()} if anchors else {}
+    reference = predict_masks(model, anchors, options.size, options.device) if anchors else []
+    timings["anchors"] = time.perf_counter() - t
+    budget.after_training = (_after_training(timings["champion"], report_s, model, champion, settings)
+                             + 1.1 * (SEARCH_STEPS + 1) * timings["anchors"])
 
     # -- training --------------------------------------------------------------------------------
     t = time.perf_counter()
@@ -395,6 +407,10 @@ def _train_evaluate_write(
         on_gt_trained=plan.trained, state=state, save_state=area.save_state, progress=progress, budget=budget,
     )
     timings["train"] = time.perf_counter() - t
+    t = time.perf_counter()
+    mix = interpolate_towards(model, start, anchors, reference, options.anchor_drift, options.size, options.device,
+                              progress)
+    timings["interpolate"] = time.perf_counter() - t
 
     # -- the challenger, the evidence, the decision ------------------------------------------------
     t = time.perf_counter()
@@ -424,7 +440,8 @@ def _train_evaluate_write(
         "gt_encoder": plan.encoder.state_dict() if plan.encoder is not None else None,
         "step": result.steps, "gt_step": result.gt.steps if result.gt else 0,
         "meta": {"version": name, "created": created, "parent": champion.name, "networks": networks.name,
-                 "size": options.size, "crop": options.crop, "feature_loss": options.feature_loss},
+                 "size": options.size, "crop": options.crop, "feature_loss": options.feature_loss,
+                 "interpolation": mix.lam},
     }
     save_torch_atomic(checkpoint, area.path / CHECKPOINT_FILE)
     held_keys = list(evaluation.items)
@@ -445,6 +462,7 @@ def _train_evaluate_write(
         "train": {"count": len(train_pairs)},
         "training": {"steps": result.steps, "stopped_by": result.stopped_by,
                      "gt_encoder": result.gt.to_dict() if result.gt else None},
+        "interpolation": mix.to_dict(),
         "per_item_mae": evaluation.per_item,
     }
     write_json_atomic(area.path / METRICS_FILE, record)
@@ -455,7 +473,7 @@ def _train_evaluate_write(
         decision=decision, promoted=False, train_count=len(train_pairs), held_out=held_keys, skipped=skipped,
         training={**result.summary(), "losses": result.losses}, options=options.to_dict(),
         resumed_from=resumed, seconds={k: round(v, 2) for k, v in timings.items()}, earlier=earlier_part,
-        budget={**budget_part, "seconds_at_write": round(budget.elapsed(), 1)},
+        budget={**budget_part, "seconds_at_write": round(budget.elapsed(), 1)}, interpolation=mix.to_dict(),
     )
     write_json_atomic(area.path / CYCLE_FILE, report.to_dict())
     write_reports(Evaluation(after[0].metrics, reports=after[0].reports), area.path / "reports")
