@@ -10,8 +10,9 @@ anchor photos (``ISNET_TRAIN_ANCHORS``, default scikit-image's) are compared wit
 the ``drift`` a cycle keeps within ``ISNET_TRAIN_ANCHOR_DRIFT``. This is the evidence behind that
 rule: does the drift on a few unlabelled photos track the change of MAE on a labelled general set?
 
-``--challenger`` is a cycle's checkpoint; a cycle that already mixed its weights records its
-trained lambda in ``meta.interpolation``; pass the unmixed weights to sweep the whole line.
+``--challenger`` is a checkpoint. A cycle saves its weights already mixed (their lambda is in
+``meta.interpolation``), so on one of those the line runs from the champion to that mix; the
+whole line needs the trained weights, e.g. from a cycle run with ``--anchors none``.
 ``--champion`` defaults to the pretrained weights. ``--every N`` scores every N-th image of each
 set (name order). Prints the CPU, a table and writes ``interpolation.json`` (and a plot) to ``--out``.
 """

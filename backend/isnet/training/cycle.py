@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -201,6 +202,7 @@ def _run(dataset: DataSource, settings: Settings, options: TrainOptions, held_ou
     train_items, train_pairs, val_items, skipped = _gather(dataset, held_out, options, settings, progress)
     loaded = {p.key for p in train_pairs}
     earlier = _earlier_items(registry, loaded | {it.key for it in val_items}, settings.max_pixels)
+    anchors = load_anchors(options.anchors, settings.max_pixels)
     timings["load"] = time.perf_counter() - t0
 
     # -- where the version goes ----------------------------------------------------------------
@@ -215,8 +217,8 @@ def _run(dataset: DataSource, settings: Settings, options: TrainOptions, held_ou
 
     try:
         report = _train_evaluate_write(
-            area, name, champion, train_pairs, val_items, earlier, skipped, state, resumed, options, settings,
-            networks, registry, progress, promote, timings, t0, budget,
+            area, name, champion, train_pairs, val_items, earlier, anchors, skipped, state, resumed, options,
+            settings, networks, registry, progress, promote, timings, t0, budget,
         )
     except BaseException:
         # Keep the staging directory when it holds a state to resume from; otherwise it is junk.
@@ -373,9 +375,10 @@ def _after_training(evaluate_s: float, report_s: float, model: nn.Module, champi
 
 def _train_evaluate_write(
     area: StagingArea, name: str, champion: ModelVersion, train_pairs: list[Pair], val_items: list[Item],
-    earlier: list[Item], skipped: list[Skipped], state: dict[str, Any] | None, resumed: dict[str, Any] | None,
-    options: TrainOptions, settings: Settings, networks: Networks, registry: ModelRegistry,
-    progress: ProgressFn | None, promote: bool, timings: dict[str, float], t0: float, budget: Budget,
+    earlier: list[Item], anchors: list[np.ndarray], skipped: list[Skipped], state: dict[str, Any] | None,
+    resumed: dict[str, Any] | None, options: TrainOptions, settings: Settings, networks: Networks,
+    registry: ModelRegistry, progress: ProgressFn | None, promote: bool, timings: dict[str, float], t0: float,
+    budget: Budget,
 ) -> CycleReport:
     # -- the champion first: needed anyway, and its time is what the challenger's will take ---------
     t = time.perf_counter()
@@ -390,7 +393,6 @@ def _train_evaluate_write(
 
     # -- the champion's masks on the anchor photos, what the interpolation keeps close -------------
     t = time.perf_counter()
-    anchors = load_anchors(options.anchors, settings.max_pixels)
     start = {k: v.detach().clone() for k, v in model.state_dict().items()} if anchors else {}
     reference = predict_masks(model, anchors, options.size, options.device) if anchors else []
     timings["anchors"] = time.perf_counter() - t
@@ -407,10 +409,9 @@ def _train_evaluate_write(
         on_gt_trained=plan.trained, state=state, save_state=area.save_state, progress=progress, budget=budget,
     )
     timings["train"] = time.perf_counter() - t
-    t = time.perf_counter()
     mix = interpolate_towards(model, start, anchors, reference, options.anchor_drift, options.size, options.device,
                               progress)
-    timings["interpolate"] = time.perf_counter() - t
+    timings["interpolate"] = mix.seconds
 
     # -- the challenger, the evidence, the decision ------------------------------------------------
     t = time.perf_counter()

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from backend.images import IMAGE_SUFFIXES, ImageError, load_image
 from backend.isnet.engines.torch_engine import TorchEngine
 from backend.isnet.segmenter import Segmenter
 from backend.isnet.training.progress import ProgressFn, emit
@@ -50,15 +51,12 @@ ANCHOR_MAX = 32
 SEARCH_STEPS = 4
 """Bisection passes after the ``lam = 1`` check: ``lam`` to within 1/16."""
 
-SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-
-
 def anchor_paths(source: str) -> list[Path]:
     """The anchor images of ``source``: ``builtin`` (or empty), ``none``/``off``, or a folder."""
     source = source.strip()
     if source.lower() in OFF:
         return []
-    if source in ("", BUILTIN):
+    if source.lower() in ("", BUILTIN):
         spec = importlib.util.find_spec("skimage")
         if spec is None or spec.origin is None:
             log.warning("scikit-image is not installed: no built-in anchor images, no interpolation")
@@ -68,13 +66,11 @@ def anchor_paths(source: str) -> list[Path]:
     folder = Path(source).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"anchor folder {folder} (ISNET_TRAIN_ANCHORS) does not exist")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)[:ANCHOR_MAX]
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:ANCHOR_MAX]
 
 
 def load_anchors(source: str, max_pixels: int) -> list[np.ndarray]:
     """The readable anchor images of ``source`` as RGB arrays; unreadable ones are logged and left out."""
-    from backend.images import ImageError, load_image
-
     images = []
     for path in anchor_paths(source):
         try:
