@@ -7,7 +7,7 @@ BatchNorm frozen, the frozen GT encoder's forward on the mask plus the six featu
 is timed separately after ``--warmup`` untimed steps; weights do not change the cost, so both
 networks are freshly initialised (no download needed).
 
-Recipes: whole images at 1024 in fp32, and in bf16 autocast (the default on CPUs with AMX),
+Recipes: whole images at 1024 in fp32, and in bf16 autocast (the default on CPUs with AMX or AVX-512 BF16),
 each with the feature loss on and off (the ablation), and the old default (random 320 crops of
 the 1024-resized image) for comparison.
 
@@ -32,7 +32,7 @@ from backend.isnet.network import ISNetDIS, ISNetGTEncoder  # noqa: E402
 from backend.isnet.training.batchnorm import freeze, set_train_mode  # noqa: E402
 from backend.isnet.training.data import Dataset, load_pairs, sample_batch  # noqa: E402
 from backend.isnet.training.losses import feature_loss, side_bce  # noqa: E402
-from backend.isnet.training.options import cpu_has_amx  # noqa: E402
+from backend.isnet.training.options import cpu_has_native_bf16  # noqa: E402
 from bench.machine import cpu  # noqa: E402
 
 BUTTERFLIES = REPO.parent / "shared" / "data" / "butterflies" / "train"
@@ -100,8 +100,8 @@ def main() -> None:
     items = Dataset.from_folders(BUTTERFLIES / "images", BUTTERFLIES / "masks").items[:4]
     pairs = load_pairs(items, 64_000_000, 1024)[0]
     print(f"one training step per recipe, batch 1, {len(pairs)} butterflies pairs; {args.iters} timed steps after "
-          f"{args.warmup} warm-up; {torch.get_num_threads()} torch threads\nCPU: {cpu()}; AMX detected by torch: "
-          f"{cpu_has_amx()} (bf16 is the CPU default only then)")
+          f"{args.warmup} warm-up; {torch.get_num_threads()} torch threads\nCPU: {cpu()}; "
+          f"bf16 in hardware (AMX or AVX-512 BF16): {cpu_has_native_bf16()} (bf16 is the CPU default only then)")
     header = "".join(f"{p:>13}" for p in PHASES)
     print(f"{'recipe':34}{header}{'step s':>9}{'images/s':>10}")
     for name in args.recipes:

@@ -53,7 +53,7 @@ def test_isnet_train_refuses_an_existing_out_directory(tmp_path, tiny_pairs, cap
 def test_label_studio_fed_cycles_use_the_same_defaults_as_isnet_train_without_flags(monkeypatch, tmp_path):
     from backend.cli import build_parser
     from backend.cli.train import options_from_args
-    from backend.isnet.training.options import cpu_has_amx
+    from backend.isnet.training.options import cpu_has_native_bf16
     from worker.retrain import cycle_options
 
     for name in [n for n in os.environ if n.startswith(("ISNET_TRAIN_", "ISNET_PROMOTE_"))]:
@@ -68,7 +68,7 @@ def test_label_studio_fed_cycles_use_the_same_defaults_as_isnet_train_without_fl
     assert cli.geometry(7) == (1024, 1024, 1.0)
     assert (cli.batch, cli.lr, cli.schedule, cli.feature_loss, cli.feature_weight) == (1, 1e-5, "cosine", "mse", 0.02)
     assert (cli.iters, cli.budget_min, cli.lr_floor) == (0, 30.0, 0.3)
-    assert cli.amp == cpu_has_amx()  # bf16 where the CPU has AMX, else fp32
+    assert cli.amp == cpu_has_native_bf16()  # bf16 where the CPU has it in hardware (AMX or AVX-512 BF16), else fp32
     assert (cli.promote_rule, cli.min_heldout, cli.holdout_fraction) == ("bootstrap", 30, 0.2)
 
     monkeypatch.setenv("ISNET_TRAIN_BUDGET", "12")  # one variable reaches both
@@ -82,13 +82,13 @@ def test_the_cuda_defaults_are_the_dis_recipe():
     assert (options.crop, options.batch, options.amp) == (1024, 8, True)
 
 
-def test_cpu_training_uses_bf16_where_the_cpu_has_amx(monkeypatch):
+def test_cpu_training_uses_bf16_where_the_cpu_has_native_bf16(monkeypatch):
     from backend.isnet.training import TrainOptions, options
 
-    monkeypatch.setattr(options, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(options, "cpu_has_native_bf16", lambda: True)
     amx = TrainOptions(device="cpu").resolved()
     assert amx.amp and amx.autocast_dtype == torch.bfloat16 and not amx.grad_scaling
-    monkeypatch.setattr(options, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(options, "cpu_has_native_bf16", lambda: False)
     assert not TrainOptions(device="cpu").resolved().amp
     assert TrainOptions(device="cpu", amp=True).resolved().amp  # ISNET_TRAIN_AMP=on forces it
 
