@@ -38,6 +38,7 @@ def test_isnet_train_runs_a_cycle_with_separate_held_out_folders_and_promotes_by
     assert registry.current_name() == version.name
     assert f"version {version.name}" in out and "promoted:" in out and "now current: " + version.name in out
     cycle = json.loads((version.directory / "cycle.json").read_text())
+    assert cycle["promoted"] is True and cycle["decision"]["promote"] is True
     assert cycle["train"]["count"] == 3 and cycle["held_out"]["count"] == 2
     assert cycle["options"]["feature_loss"] == "mse" and cycle["options"]["size"] == 32
     assert cycle["training"]["steps"] == 2 and cycle["training"]["gt_encoder"]["steps"] == 2

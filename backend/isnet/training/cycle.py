@@ -533,12 +533,14 @@ def _in_registry(directory: Path, registry: ModelRegistry) -> bool:
 def _finish(report: CycleReport, champion: ModelVersion, images: list[Path], settings: Settings,
             registry: ModelRegistry, progress: ProgressFn | None) -> None:
     """After the version is written: on promotion its engines first (serving switches to a
-    version that has them), then CURRENT; then the registry-wide history."""
+    version that has them), then CURRENT, then ``cycle.json`` again (it now says promoted, with
+    the engines); then the registry-wide history."""
     if report.decision.promote:
         emit(progress, "engines", 0, 0, message=f"rebuilding {champion.name}'s engines for {report.version}")
         report.engines = rebuild_engines(champion, registry.get(report.version), images, settings)
         registry.promote(report.version)
         report.promoted = True
+        write_json_atomic(report.directory / CYCLE_FILE, report.to_dict())
     if _in_registry(report.directory, registry):
         write_history(collect(v.directory for v in registry.list_versions()), registry.root, registry.current_name())
     emit(progress, "done", 0, 0, message=report.decision.reason)
