@@ -103,3 +103,14 @@ def test_without_anchors_a_cycle_keeps_the_trained_weights_whole(tiny_settings, 
     shipped = torch.load(report.directory / "checkpoint.pth", weights_only=True)["model"]
     pretrained = torch.load(tiny_settings.weights, weights_only=True)
     assert not all(torch.equal(shipped[k], v) for k, v in pretrained.items())
+
+
+def test_the_progress_of_the_step_ends_complete_when_the_challenger_is_kept_whole_at_once():
+    anchors = load_anchors("builtin", 64_000_000)[:2]
+    champion = _tiny(0)
+    reference = predict_masks(champion, anchors, 64)
+    events = []
+    result = interpolate_towards(_tiny(0), champion.state_dict(), anchors, reference, 0.01, 64,
+                                 progress=events.append)
+    assert result.lam == 1.0 and len(result.tried) == 1
+    assert events[-1].stage == "interpolate" and events[-1].step == events[-1].total == 1

@@ -160,6 +160,7 @@ def interpolate_towards(model: nn.Module, start: Mapping[str, torch.Tensor], anc
 
     lam, value, tried = choose(measure, max_drift)
     model.load_state_dict(interpolate(start, end, lam))
+    emit(progress, "interpolate", passes, passes)  # the bar ends full when lam = 1 was accepted at once
     reason = ("the challenger moves the anchor masks within the limit: kept whole" if lam == 1.0 else
               f"(1 - {lam:.4f}) * champion + {lam:.4f} * challenger: the largest mix whose anchor masks "
               f"move by at most {max_drift:g}")
