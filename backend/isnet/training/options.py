@@ -33,7 +33,7 @@ SCHEDULES = ("cosine", "constant")
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware: AMX tiles (e.g. Sapphire Rapids) or AVX-512
-    BF16 (e.g. AMD Zen 4). There a bf16 training step at 1024 is 2-4.5x faster than fp32; on
+    BF16 (e.g. AMD Zen 4). There a bf16 training step at 1024 is about 2x faster than fp32; on
     CPUs without either, bf16 is emulated and slower, so fp32 stays the default."""
     probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
     return any(bool(probe and probe()) for probe in probes)
@@ -106,8 +106,8 @@ class TrainOptions:
     each check is a forward of every one at the training size)."""
     amp: bool | None = None
     """Mixed precision: fp16 autocast + grad scaling on CUDA, bf16 autocast on CPU. None = on for
-    CUDA and for CPUs with bf16 in hardware (AMX or AVX-512 BF16: a 1024 step there is 2x to 4.5x
-    faster, so a budgeted cycle takes that many more steps), off otherwise."""
+    CUDA and for CPUs with bf16 in hardware (AMX or AVX-512 BF16: a 1024 step there is about 2x
+    faster, so a budgeted cycle takes twice the steps), off otherwise."""
     device: str = "cpu"
     seed: int = 0
     checkpoint_every: int = 100
