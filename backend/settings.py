@@ -53,7 +53,7 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``ISNET_TRAIN_SCHEDULE`` | ``cosine`` | warm-up, then decay to 0.3 lr at the step count the budget allows |
 | ``ISNET_TRAIN_FEATURE_LOSS`` | ``mse`` | GT-encoder supervision: ``mse``, ``l1``, ``smooth_l1``, ``kl``, ``off`` |
 | ``ISNET_TRAIN_FEATURE_WEIGHT`` | ``0.02`` | feature loss vs side BCE (both measured gains used 0.02) |
-| ``ISNET_TRAIN_AMP`` | ``auto`` | ``auto``: fp16 on CUDA, bf16 on CPUs with AMX or AVX-512 BF16 (about 2x faster steps); ``on``, ``off`` |
+| ``ISNET_TRAIN_AMP`` | ``auto`` | ``auto``: fp16 on CUDA, bf16 where the CPU has AMX or AVX-512 BF16; ``on``, ``off`` |
 | ``ISNET_TRAIN_GT_ITERS`` | ``2000`` | GT encoder cap (it stops at max F 0.99; cached per labelled set) |
 | ``ISNET_TRAIN_ANCHORS`` | ``builtin`` | photos whose masks a cycle keeps: builtin (scikit-image's), a folder, none |
 | ``ISNET_TRAIN_ANCHOR_DRIFT`` | ``0.025`` | most those masks may move per cycle (weights are mixed to stay within) |
