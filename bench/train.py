@@ -101,7 +101,7 @@ def main() -> None:
     pairs = load_pairs(items, 64_000_000, 1024)[0]
     print(f"one training step per recipe, batch 1, {len(pairs)} butterflies pairs; {args.iters} timed steps after "
           f"{args.warmup} warm-up; {torch.get_num_threads()} torch threads\nCPU: {cpu()}; "
-          f"bf16 in hardware (AMX or AVX-512 BF16): {cpu_has_native_bf16()} (bf16 is the CPU default only then)")
+          f"cycles here train in {'bf16' if cpu_has_native_bf16() else 'fp32'} by default")
     header = "".join(f"{p:>13}" for p in PHASES)
     print(f"{'recipe':34}{header}{'step s':>9}{'images/s':>10}")
     for name in args.recipes:

@@ -112,6 +112,10 @@ class CycleReport:
             "seconds": self.seconds, "engines": self.engines, "interpolation": self.interpolation,
         }
 
+    def save(self, directory: Path) -> None:
+        """Write ``cycle.json`` into ``directory``: once with the version, again after a promotion."""
+        write_json_atomic(directory / CYCLE_FILE, self.to_dict())
+
 
 def _as_dataset(source: DataSource) -> Dataset:
     if isinstance(source, Dataset):
@@ -476,7 +480,7 @@ def _train_evaluate_write(
         resumed_from=resumed, seconds={k: round(v, 2) for k, v in timings.items()}, earlier=earlier_part,
         budget={**budget_part, "seconds_at_write": round(budget.elapsed(), 1)}, interpolation=mix.to_dict(),
     )
-    write_json_atomic(area.path / CYCLE_FILE, report.to_dict())
+    report.save(area.path)
     write_reports(Evaluation(after[0].metrics, reports=after[0].reports), area.path / "reports")
     previous = [v.directory for v in registry.list_versions()] if in_registry else []
     write_history([*collect(previous), record], area.path, registry.current_name())
@@ -540,7 +544,7 @@ def _finish(report: CycleReport, champion: ModelVersion, images: list[Path], set
         report.engines = rebuild_engines(champion, registry.get(report.version), images, settings)
         registry.promote(report.version)
         report.promoted = True
-        write_json_atomic(report.directory / CYCLE_FILE, report.to_dict())
+        report.save(report.directory)
     if _in_registry(report.directory, registry):
         write_history(collect(v.directory for v in registry.list_versions()), registry.root, registry.current_name())
     emit(progress, "done", 0, 0, message=report.decision.reason)
