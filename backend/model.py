@@ -34,7 +34,6 @@ from typing import Any
 from backend.interactive import InteractiveAnnotator, has_prompts
 from backend.jobs import hooks
 from backend.jobs.retrain_status import latest_report
-from backend.labelstudio.auth import LabelStudioAuth
 from backend.labelstudio.config import BrushTarget, LabelConfigError, parse_label_config
 from backend.labelstudio.fetch import ImageFetcher
 from backend.pipeline import LOAD_ERRORS, TaskImage, TaskPipeline
@@ -74,9 +73,8 @@ class ISNetModel:
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         self._setup_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="isnet-fetch")
-        self._fetcher = ImageFetcher(
-            self.settings, LabelStudioAuth(self.settings.label_studio_url, self.settings.label_studio_api_key)
-        )
+        self.fetcher = ImageFetcher(self.settings)
+        """The one image fetcher: the pipeline (requests, background, prompts) uses this object."""
         self.interactive: InteractiveAnnotator | None = None
 
     # -- label-studio-ml interface ----------------------------------------------------------
@@ -88,7 +86,7 @@ class ISNetModel:
                 self.service = InferenceService(self.settings, self.watcher)
                 self.service.start()
             if self.pipeline is None:
-                self.pipeline = TaskPipeline(self.settings, self.service, self._fetcher, stats=self.stats)
+                self.pipeline = TaskPipeline(self.settings, self.service, self.fetcher, stats=self.stats)
                 # Without Redis, background pre-annotation shares this pipeline: its cache and inference thread.
                 hooks.attach_pipeline(self.pipeline)
             if self.interactive is None:
@@ -110,10 +108,8 @@ class ISNetModel:
 
         It is the project creator's legacy token, so it only works where legacy tokens are enabled.
         """
-        if access_token and not self.settings.label_studio_api_key and access_token != self._fetcher.auth.api_key:
-            self._fetcher = ImageFetcher(self.settings, LabelStudioAuth(self.settings.label_studio_url, access_token))
-            if self.pipeline is not None:
-                self.pipeline.fetcher = self._fetcher
+        if access_token and not self.settings.label_studio_api_key:
+            self.fetcher.use_token(access_token)
 
     def predict(self, tasks: list[dict[str, Any]], context: dict[str, Any] | None = None,
                 **kwargs: Any) -> list[dict[str, Any]]:

@@ -330,6 +330,16 @@ def test_without_a_key_label_studio_files_fail_with_a_hint_to_set_it(ls, setting
         fetcher(settings(label_studio_api_key="")).fetch("/data/upload/1/img.png")
 
 
+def test_without_a_key_the_token_setup_carries_is_used_from_then_on(ls, settings):
+    images = fetcher(settings(label_studio_api_key=""))
+    with pytest.raises(FetchError, match="401"):
+        images.fetch("/data/upload/1/img.png")
+    assert images.use_token(LEGACY)
+    assert images.fetch("/data/upload/1/img.png") == PNG
+    assert ls.requests[-1]["headers"]["Authorization"] == f"Token {LEGACY}"
+    assert not images.use_token(LEGACY)  # the same token again changes nothing
+
+
 def test_key_kind_is_detected_from_its_shape():
     assert is_personal_access_token(PAT)
     assert not is_personal_access_token(LEGACY)

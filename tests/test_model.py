@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -119,3 +120,14 @@ def test_fit_records_an_event_and_answers_what_became_of_it_at_once(model):
     assert time.monotonic() - start < 0.5
     assert (answer["status"], answer["action"]) == ("skipped", "START_TRAINING")  # no LABEL_STUDIO_API_KEY here
     assert hooks.recorded()["last_event"]["project_id"] == 5
+
+
+def test_the_token_setup_carries_reaches_the_fetcher_the_pipeline_uses(model):
+    model.use_label_studio_token("0123456789abcdef0123456789abcdef01234567")
+    assert model.pipeline.fetcher.auth.headers() == {"Authorization": "Token 0123456789abcdef0123456789abcdef01234567"}
+
+
+def test_a_configured_api_key_is_not_replaced_by_the_token_setup_carries(settings):
+    model = ISNetModel(dataclasses.replace(settings, label_studio_api_key="configured-key"))
+    model.use_label_studio_token("another-key")
+    assert model.fetcher.auth.api_key == "configured-key"

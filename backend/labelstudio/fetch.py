@@ -114,6 +114,18 @@ class ImageFetcher:
         self.timeout = settings.fetch_timeout
         self.ls_scheme = urlsplit(self.base_url).scheme.lower()
 
+    def use_token(self, api_key: str) -> bool:
+        """Authenticate with ``api_key`` from now on (the fallback token ``/setup`` carries).
+
+        The fetcher is shared by every user of it (requests, background pre-annotation, prompts),
+        so swapping its auth here reaches them all at once. True if the key changed.
+        """
+        key = api_key.strip()
+        if not key or key == self.auth.api_key:
+            return False
+        self.auth = LabelStudioAuth(self.base_url, key, self.timeout)
+        return True
+
     def resolve(self, url: str, task_id: int | None = None) -> str:
         """The absolute http(s) URL to start from for a task's image URL."""
         text = url.strip()
