@@ -1,11 +1,12 @@
 """Where a retraining step's time goes, per recipe: forward, feature loss, backward, optimizer.
 
-One step is what ``isnet train`` runs (:func:`backend.isnet.training.trainer.train_segmenter`):
-one butterflies image resized whole to the serving size (1024), the ISNetDIS forward with
-BatchNorm frozen, the frozen GT encoder's forward on the mask plus the six feature distances
-(when the feature loss is on), the six side-output BCEs, backward, and an Adam step. Each phase
-is timed separately after ``--warmup`` untimed steps; weights do not change the cost, so both
-networks are freshly initialised (no download needed).
+One step is the trainer's own step (:func:`backend.isnet.training.trainer.segmenter_step`, which
+``isnet train`` runs), timed by the phase hook it offers: one butterflies image resized whole to
+the serving size (1024) ("data"), the ISNetDIS forward with BatchNorm frozen ("forward"), the
+frozen GT encoder's forward on the mask ("feature loss", when it is on), the six side-output
+BCEs plus the six feature distances ("losses"), backward, and an Adam step ("optimizer"). Phases
+are timed after ``--warmup`` untimed steps; weights do not change the cost, so both networks are
+freshly initialised (no download needed).
 
 Recipes: whole images at 1024 in fp32, and in bf16 autocast (the default on CPUs with AMX or AVX-512 BF16),
 each with the feature loss on and off (the ablation), and the old default (random 320 crops of
@@ -30,9 +31,9 @@ sys.path.insert(0, str(REPO))
 
 from backend.isnet.network import ISNetDIS, ISNetGTEncoder  # noqa: E402
 from backend.isnet.training.batchnorm import freeze, set_train_mode  # noqa: E402
-from backend.isnet.training.data import Dataset, load_pairs, sample_batch  # noqa: E402
-from backend.isnet.training.losses import feature_loss, side_bce  # noqa: E402
-from backend.isnet.training.options import cpu_has_native_bf16  # noqa: E402
+from backend.isnet.training.data import Dataset, load_pairs  # noqa: E402
+from backend.isnet.training.options import TrainOptions, cpu_has_native_bf16  # noqa: E402
+from backend.isnet.training.trainer import segmenter_step  # noqa: E402
 from bench.machine import cpu  # noqa: E402
 
 BUTTERFLIES = REPO.parent / "shared" / "data" / "butterflies" / "train"
@@ -54,11 +55,14 @@ RECIPES = {r.name: r for r in (
     Recipe("whole-1024-bf16-no-feature-loss", 1024, 1024, True, False),
     Recipe("crop-320-fp32 (old default)", 1024, 320, False, True),
 )}
-PHASES = ("data", "forward", "feature loss", "bce", "backward", "optimizer")
+PHASES = ("data", "forward", "feature loss", "losses", "backward", "optimizer")
 
 
 def step_phases(model, encoder, optimizer, pairs, recipe: Recipe, step: int) -> dict[str, float]:
-    """One training step, as the trainer runs it, with each phase's seconds."""
+    """One step of the trainer's own :func:`segmenter_step`, with each phase's seconds."""
+    options = TrainOptions(size=recipe.side, crop=recipe.crop, batch=1, amp=recipe.bf16,
+                           feature_loss="mse" if recipe.features else "off").resolved()
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
     times: dict[str, float] = {}
     tick = time.perf_counter()
 
@@ -68,26 +72,8 @@ def step_phases(model, encoder, optimizer, pairs, recipe: Recipe, step: int) -> 
         times[phase] = now - tick
         tick = now
 
-    rng = np.random.default_rng(step)
-    images, masks = sample_batch(pairs, [step % len(pairs)], recipe.side, recipe.crop, rng, True, 1.0)
-    lap("data")
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
-        sides, features = model(images)
-        lap("forward")
-        loss_f = None
-        if recipe.features:
-            with torch.no_grad():
-                gt_features = encoder(masks)[1]
-            loss_f = 0.02 * feature_loss(features, gt_features, "mse")
-    lap("feature loss")
-    bce, _ = side_bce(sides, masks)
-    total = bce + loss_f if loss_f is not None else bce
-    lap("bce")
-    optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    lap("backward")
-    optimizer.step()
-    lap("optimizer")
+    if segmenter_step(model, encoder, pairs, options, step, optimizer, scaler, lap) is None:
+        raise RuntimeError(f"{recipe.name}: the loss was not finite at step {step}")
     return times
 
 

@@ -140,7 +140,7 @@ def train_segmenter(
         lr = learning_rate(step, total, options.lr, options.schedule, options.warmup, options.lr_floor)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        parts = _segmenter_step(model, gt_encoder if use_features else None, pairs, options, step, optimizer, scaler)
+        parts = segmenter_step(model, gt_encoder if use_features else None, pairs, options, step, optimizer, scaler)
         step += 1
         timer.add(time.perf_counter() - tick)
         if parts is None:
@@ -160,21 +160,34 @@ def train_segmenter(
     return SegmenterRun(step, losses, time.perf_counter() - started, stopped_by, timer.durations)
 
 
-def _segmenter_step(model: nn.Module, gt_encoder: nn.Module | None, pairs: Sequence[Pair], options: TrainOptions,
-                    step: int, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> LossParts | None:
-    """One optimizer step on batch ``step``; None (and no update) when the loss is not finite."""
+def _no_lap(phase: str) -> None:
+    pass
+
+
+def segmenter_step(model: nn.Module, gt_encoder: nn.Module | None, pairs: Sequence[Pair], options: TrainOptions,
+                   step: int, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   lap: Callable[[str], None] = _no_lap) -> LossParts | None:
+    """One optimizer step on batch ``step``; None (and no update) when the loss is not finite.
+
+    ``options`` must be resolved. ``lap(phase)`` is called as each phase ends (``data``,
+    ``forward``, ``feature loss``: the GT encoder on the masks, ``losses``: the side BCEs and
+    feature distances, ``backward``, ``optimizer``), so ``bench/train.py`` times this very step.
+    """
     device = options.device
     indices = batch_indices(len(pairs), options.batch, step, options.seed, STREAM)
     rng = np.random.default_rng([options.seed, STREAM, step, 1])
     side, crop, min_scale = options.geometry(step)
     images, masks = sample_batch(pairs, indices, side, crop, rng, options.flip, min_scale)
     images, masks = images.to(device), masks.to(device)
+    lap("data")
     with torch.autocast(torch.device(device).type, dtype=options.autocast_dtype, enabled=bool(options.amp)):
         sides, features = model(images)
+        lap("forward")
         gt_features = None
         if gt_encoder is not None:
             with torch.no_grad():
                 gt_features = gt_encoder(masks)[1]
+        lap("feature loss")
     optimizer.zero_grad(set_to_none=True)
     if not all_finite(sides):
         return None
@@ -182,12 +195,15 @@ def _segmenter_step(model: nn.Module, gt_encoder: nn.Module | None, pairs: Seque
                               options.feature_loss, options.feature_weight)
     if not math.isfinite(float(parts.total.detach())):
         return None
+    lap("losses")
     scaler.scale(parts.total).backward()
+    lap("backward")
     if not options.grad_scaling and not gradients_finite(optimizer):
         optimizer.zero_grad(set_to_none=True)
         return None
     scaler.step(optimizer)
     scaler.update()
+    lap("optimizer")
     return parts
 
 
