@@ -13,7 +13,7 @@ from backend.isnet.training.data import Dataset, load_pairs
 from backend.isnet.training.gt_encoder import max_f_measure, train_gt_encoder
 from backend.isnet.training.options import TrainOptions
 from backend.isnet.training.tiny import TinyGTEncoder, TinySegmenter
-from backend.isnet.training.trainer import train_segmenter
+from backend.isnet.training.trainer import segmenter_step, train_segmenter
 
 OPTIONS = TrainOptions(size=64, crop=32, batch=4, device="cpu", amp=False, gt_check_every=10_000,
                        checkpoint_every=10_000)
@@ -73,6 +73,18 @@ def test_segmentation_stage_loss_decreases(pairs, feature_loss):
     else:
         assert np.mean([r["feat"] for r in losses[-10:]]) < 0.95 * np.mean([r["feat"] for r in losses[:10]])
     assert {"loss", "bce", "tar", "feat"} <= set(events[-1].values)
+
+
+def test_a_step_reports_each_phase_in_order_to_its_timing_hook(pairs):
+    """``bench/train.py`` times the trainer's own step through this hook, not a copy of it."""
+    torch.manual_seed(0)
+    model = TinySegmenter()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    phases = []
+    parts = segmenter_step(model, TinyGTEncoder(), pairs, OPTIONS.resolved(), 0, optimizer,
+                           torch.amp.GradScaler("cuda", enabled=False), phases.append)
+    assert parts is not None and parts.feature > 0
+    assert phases == ["data", "forward", "feature loss", "losses", "backward", "optimizer"]
 
 
 def test_frozen_batchnorm_keeps_the_pretrained_normalisation(pairs):
