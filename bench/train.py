@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,30 +38,23 @@ from bench.machine import cpu  # noqa: E402
 BUTTERFLIES = REPO.parent / "shared" / "data" / "butterflies" / "train"
 
 
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    side: int
-    crop: int
-    bf16: bool
-    features: bool
+def _recipe(crop: int, bf16: bool, features: bool) -> TrainOptions:
+    """The trainer's options for one recipe: whole images (or ``crop``) at 1024, batch 1."""
+    return TrainOptions(size=1024, crop=crop, batch=1, amp=bf16, feature_loss="mse" if features else "off").resolved()
 
 
-RECIPES = {r.name: r for r in (
-    Recipe("whole-1024-fp32", 1024, 1024, False, True),
-    Recipe("whole-1024-fp32-no-feature-loss", 1024, 1024, False, False),
-    Recipe("whole-1024-bf16", 1024, 1024, True, True),
-    Recipe("whole-1024-bf16-no-feature-loss", 1024, 1024, True, False),
-    Recipe("crop-320-fp32 (old default)", 1024, 320, False, True),
-)}
+RECIPES = {
+    "whole-1024-fp32": _recipe(1024, False, True),
+    "whole-1024-fp32-no-feature-loss": _recipe(1024, False, False),
+    "whole-1024-bf16": _recipe(1024, True, True),
+    "whole-1024-bf16-no-feature-loss": _recipe(1024, True, False),
+    "crop-320-fp32 (old default)": _recipe(320, False, True),
+}
 PHASES = ("data", "forward", "feature loss", "losses", "backward", "optimizer")
 
 
-def step_phases(model, encoder, optimizer, pairs, recipe: Recipe, step: int) -> dict[str, float]:
+def step_phases(model, encoder, optimizer, scaler, pairs, options: TrainOptions, step: int) -> dict[str, float]:
     """One step of the trainer's own :func:`segmenter_step`, with each phase's seconds."""
-    options = TrainOptions(size=recipe.side, crop=recipe.crop, batch=1, amp=recipe.bf16,
-                           feature_loss="mse" if recipe.features else "off").resolved()
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
     times: dict[str, float] = {}
     tick = time.perf_counter()
 
@@ -73,7 +65,7 @@ def step_phases(model, encoder, optimizer, pairs, recipe: Recipe, step: int) -> 
         tick = now
 
     if segmenter_step(model, encoder, pairs, options, step, optimizer, scaler, lap) is None:
-        raise RuntimeError(f"{recipe.name}: the loss was not finite at step {step}")
+        raise RuntimeError(f"the loss was not finite at step {step}")
     return times
 
 
@@ -91,12 +83,14 @@ def main() -> None:
     header = "".join(f"{p:>13}" for p in PHASES)
     print(f"{'recipe':34}{header}{'step s':>9}{'images/s':>10}")
     for name in args.recipes:
-        recipe = RECIPES[name]
+        options = RECIPES[name]
         torch.manual_seed(0)
         model = set_train_mode(ISNetDIS(), "frozen")
-        encoder = freeze(ISNetGTEncoder()) if recipe.features else None
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-        rows = [step_phases(model, encoder, optimizer, pairs, recipe, k) for k in range(args.warmup + args.iters)]
+        encoder = freeze(ISNetGTEncoder()) if options.uses_features else None
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=options.lr)
+        scaler = torch.amp.GradScaler("cuda", enabled=False)
+        rows = [step_phases(model, encoder, optimizer, scaler, pairs, options, k)
+                for k in range(args.warmup + args.iters)]
         timed = rows[args.warmup:]
         means = {p: float(np.mean([r[p] for r in timed])) for p in PHASES}
         step = sum(means.values())
