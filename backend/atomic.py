@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -64,6 +65,22 @@ def write_json(path: str | os.PathLike[str], value: Any, *, end: str = "", fsync
                **dumps: Any) -> None:
     """``value`` as JSON (``indent=2`` unless ``dumps`` says otherwise), followed by ``end``."""
     write_text(path, json.dumps(value, **{"indent": 2, **dumps}) + end, fsync=fsync)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: a metric that could not be computed is written as ``null``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_strict_json(path: str | os.PathLike[str], data: Any, *, fsync: bool = True) -> None:
+    """``data`` as strict JSON (NaN written as ``null``, other objects as ``str``), with a newline."""
+    write_json(path, _finite(data), end="\n", default=str, allow_nan=False, fsync=fsync)
 
 
 def _fsync(path: Path) -> None:

@@ -27,7 +27,7 @@ from backend.labelstudio.prompts import PromptError, parse_prompts
 from backend.labelstudio.results import brush_result
 from backend.labelstudio.tasks import image_url, task_label
 from backend.pipeline import TaskPipeline
-from backend.service.inference import PRIORITY_PROMPT, InferenceService
+from backend.service.inference import PRIORITY_PROMPT
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,40 +66,39 @@ class ImageMemory:
 
 
 class InteractiveAnnotator:
-    """Turns one task and its smart-tool context into one prediction entry with brush regions."""
+    """Turns one task and its smart-tool context into one prediction entry with brush regions,
+    through the task pipeline of the task's project (its fetch, decode and model version)."""
 
-    def __init__(self, settings: Settings, service: InferenceService, pipeline: TaskPipeline) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.service = service
-        self.pipeline = pipeline
         self.memory = ImageMemory(settings.interactive_images)
 
-    def predict(self, task: dict[str, Any], context: dict[str, Any], label_config: str,
+    def predict(self, pipeline: TaskPipeline, task: dict[str, Any], context: dict[str, Any], label_config: str,
                 target: BrushTarget, deadline: float, request_id: str = "-") -> dict[str, Any]:
         """``{"result": [brush regions], "score", "model_version"}`` for the prompts in ``context``."""
-        entry = self._image(task, target)
+        inference = pipeline.inference
+        entry = self._image(pipeline, task, target)
         image = entry["image"]
         height, width = image.shape[:2]
         try:
             prompts = parse_prompts(context, label_config, target, width, height)
         except PromptError as exc:
             log.warning("%s: interactive prompt ignored: %s", task_label(task), exc)
-            return self._answer([], 0.0, [str(exc)])
+            return self._answer(pipeline, [], 0.0, [str(exc)])
         for reason in prompts.rejected:
             log.warning("%s: interactive prompt ignored: %s", task_label(task), reason)
-        version = self.service.model_version
+        version = pipeline.model_version
 
         def predict(crops: Sequence[np.ndarray]) -> list[np.ndarray]:
-            outcome = self.service.predict(crops, deadline, PRIORITY_PROMPT, request_id,
-                                           self.settings.interactive_size)
+            outcome = inference.predict(crops, deadline, PRIORITY_PROMPT, request_id, self.settings.interactive_size)
             if any(m is None for m in outcome.masks):
                 raise TimeoutError("the interactive prompt did not fit its deadline")
             return outcome.masks  # type: ignore[return-value]
 
         def whole() -> np.ndarray:
-            key = ("whole", self.service.model_version)
+            key = ("whole", pipeline.model_version)
             if key not in entry:
-                outcome = self.service.predict([image], deadline, PRIORITY_PROMPT, request_id)
+                outcome = inference.predict([image], deadline, PRIORITY_PROMPT, request_id)
                 if outcome.masks[0] is None:
                     raise TimeoutError("the whole-image prediction did not fit its deadline")
                 entry[key] = outcome.masks[0]
@@ -114,17 +113,18 @@ class InteractiveAnnotator:
             regions.extend(result)
             if result:
                 scores.append(score)
-        return self._answer(regions, float(np.mean(scores)) if scores else 0.0, prompts.rejected, version)
+        score = float(np.mean(scores)) if scores else 0.0
+        return self._answer(pipeline, regions, score, prompts.rejected, version)
 
-    def _image(self, task: dict[str, Any], target: BrushTarget) -> dict[str, Any]:
+    def _image(self, pipeline: TaskPipeline, task: dict[str, Any], target: BrushTarget) -> dict[str, Any]:
         """The task's decoded image (through the task pipeline), kept for the next prompt."""
         key = (task.get("id"), image_url(task, target).strip())
-        return self.memory.get(key, lambda: self.pipeline.decode(task, target))
+        return self.memory.get(key, lambda: pipeline.decode(task, target))
 
-    def _answer(self, result: list[dict[str, Any]], score: float, rejected: list[str],
+    def _answer(self, pipeline: TaskPipeline, result: list[dict[str, Any]], score: float, rejected: list[str],
                 version: str | None = None) -> dict[str, Any]:
         answer: dict[str, Any] = {"result": result, "score": score,
-                                  "model_version": version or self.service.model_version}
+                                  "model_version": version or pipeline.model_version}
         if rejected:
             answer["rejected_prompts"] = rejected
         return answer

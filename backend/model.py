@@ -10,7 +10,8 @@ Why it stays thin: a task's prediction (fetch, hash, cache, decode, segment, bru
 :mod:`backend.service.inference`, and the HTTP protocol is :mod:`backend.server`. This module
 decides what happens to each task of a request:
 
-* it goes through the pipeline in chunks of ``ISNET_PREDICT_BATCH`` images (one engine batch
+* it goes through the pipeline of the project's lineage (:mod:`backend.learning.lineages`: each
+  Label Studio project serves its own model versions) in chunks of ``ISNET_PREDICT_BATCH`` images (one engine batch
   each), the next chunk fetched while the current one is in the network;
 * a task that fails (no image field, unreachable or refused URL, not an image, too large)
   gets an empty ``result`` and the request goes on;
@@ -36,7 +37,8 @@ from backend.jobs import hooks
 from backend.jobs.retrain_status import latest_report
 from backend.labelstudio.config import BrushTarget, LabelConfigError, parse_label_config
 from backend.labelstudio.fetch import ImageFetcher
-from backend.pipeline import LOAD_ERRORS, TaskImage, TaskPipeline
+from backend.learning.lineages import lineage_for
+from backend.pipeline import LOAD_ERRORS, Pipelines, TaskImage, TaskPipeline
 from backend.service.inference import PRIORITY_BATCH, PRIORITY_INTERACTIVE, InferenceService, VersionWatcher
 from backend.service.logs import current_request_id
 from backend.service.stats import Stats
@@ -69,34 +71,41 @@ class ISNetModel:
         self.stats = stats or Stats()
         self.watcher = service.watcher if service else VersionWatcher(self.settings)
         self.service = service
-        self.pipeline: TaskPipeline | None = None
+        self.pipelines: Pipelines | None = None
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         self._setup_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="isnet-fetch")
         self.fetcher = ImageFetcher(self.settings)
-        """The one image fetcher: the pipeline (requests, background, prompts) uses this object."""
+        """The one image fetcher: the pipelines (requests, background, prompts) use this object."""
         self.interactive: InteractiveAnnotator | None = None
 
     # -- label-studio-ml interface ----------------------------------------------------------
 
-    def setup(self) -> str:
-        """Load the current model version and start inference (once); the served version's name."""
+    def setup(self, project: Any = None) -> str:
+        """Load the base model version and start inference (once); ``project``'s version name."""
         with self._setup_lock:
             if self.service is None:
                 self.service = InferenceService(self.settings, self.watcher)
                 self.service.start()
-            if self.pipeline is None:
-                self.pipeline = TaskPipeline(self.settings, self.service, self.fetcher, stats=self.stats)
-                # Without Redis, background pre-annotation shares this pipeline: its cache and inference thread.
-                hooks.attach_pipeline(self.pipeline)
+            if self.pipelines is None:
+                self.pipelines = Pipelines(self.settings, self.service, self.fetcher, stats=self.stats)
+                # Without Redis, background pre-annotation shares these pipelines: their cache and inference thread.
+                hooks.attach_pipeline(self.pipelines)
             if self.interactive is None:
-                self.interactive = InteractiveAnnotator(self.settings, self.service, self.pipeline)
-        return self.model_version
+                self.interactive = InteractiveAnnotator(self.settings)
+        return self.model_version(project)
 
-    @property
-    def model_version(self) -> str:
-        """What ``/setup`` reports: the registry's current version (a cheap ``stat`` between calls)."""
-        return self.watcher.current().name
+    def model_version(self, project: Any = None) -> str:
+        """What ``/setup`` reports for ``project``: its lineage's current version (a cheap ``stat``
+        between calls); without a project, the base lineage's."""
+        return self.watcher.current(lineage_for(project, self.settings)).name
+
+    def pipeline(self, project: Any = None) -> TaskPipeline:
+        """The task pipeline of ``project``'s lineage."""
+        if self.pipelines is None:
+            self.setup()
+        assert self.pipelines is not None
+        return self.pipelines.for_project(project)
 
     def check_label_config(self, label_config: str) -> BrushTarget:
         """The brush target of a config, or :class:`LabelConfigError` saying what is missing."""
@@ -119,15 +128,16 @@ class ISNetModel:
         deferred tasks) and ``deadline`` (``time.monotonic()`` value; default now + budget).
         Raises :class:`LabelConfigError` for a config without a usable ``BrushLabels``.
         """
-        if self.service is None or self.pipeline is None or self.interactive is None:
+        if self.service is None or self.pipelines is None or self.interactive is None:
             self.setup()
-        assert self.service is not None and self.pipeline is not None
+        assert self.service is not None
         target = self.check_label_config(kwargs.get("label_config") or "")
         deadline = kwargs.get("deadline") or time.monotonic() + self.settings.predict_budget
+        pipeline = self.pipeline(_project_uid(tasks, kwargs.get("project")))
         if has_prompts(context) and len(tasks) == 1:
-            return [self._interactive(tasks[0], context or {}, kwargs["label_config"], target, deadline)]
+            return [self._interactive(pipeline, tasks[0], context or {}, kwargs["label_config"], target, deadline)]
         priority = PRIORITY_INTERACTIVE if len(tasks) == 1 else PRIORITY_BATCH
-        version = self.service.model_version
+        version = pipeline.model_version
         answers: list[dict[str, Any] | None] = [None] * len(tasks)
         for i in self._in_flight(tasks, version, kwargs.get("project")):  # the background writes these
             answers[i] = {"model_version": version, "score": 0.0}
@@ -140,13 +150,13 @@ class ISNetModel:
                 break
             for i in chunk:  # fetched in parallel (the first chunk; later ones were prefetched)
                 if i not in prefetch:
-                    prefetch[i] = self._pool.submit(self.pipeline.load, tasks[i], target)
+                    prefetch[i] = self._pool.submit(pipeline.load, tasks[i], target)
             loaded = [self._take(prefetch.pop(i), tasks[i]) for i in chunk]
             if c + 1 < len(chunks):  # fetch the next chunk while this one is in the network
                 for i in chunks[c + 1]:
-                    prefetch[i] = self._pool.submit(self.pipeline.load, tasks[i], target)
-            predictions = self.pipeline.run([tasks[i] for i in chunk], loaded, target, deadline, priority,
-                                            current_request_id())
+                    prefetch[i] = self._pool.submit(pipeline.load, tasks[i], target)
+            predictions = pipeline.run([tasks[i] for i in chunk], loaded, target, deadline, priority,
+                                       current_request_id())
             for i, prediction in zip(chunk, predictions, strict=True):
                 if prediction is not None:
                     answers[i] = prediction.as_answer()
@@ -171,8 +181,8 @@ class ISNetModel:
         self.stats.incr(f"webhook.{event if event in TRAINING_EVENTS else 'other'}")
         if event not in TRAINING_EVENTS:
             return {"status": "ignored", "action": event}
-        if event == "TASKS_CREATED":  # pre-annotated under the version /setup reports now
-            data = {**data, "model_version": self.model_version}
+        if event == "TASKS_CREATED":  # pre-annotated under the version /setup reports now for that project
+            data = {**data, "model_version": self.model_version(project_id)}
         # "queued", or "skipped" and why (no API key, no tasks...); QueueUnavailable: /webhook answers 503
         return hooks.enqueue_event(event, project_id, data, self.settings).answer(event)
 
@@ -181,13 +191,13 @@ class ISNetModel:
     def describe(self) -> dict[str, Any]:
         """Engine, device and version for ``/health``."""
         info = self.service.describe() if self.service else {}
-        return {"model_version": self.model_version, "engine": info.get("engine"),
+        return {"model_version": self.model_version(), "engine": info.get("engine"),
                 "device": info.get("device") or self.settings.device,
                 "precision": info.get("precision"), "input_size": info.get("input_size")}
 
     def metrics(self) -> dict[str, Any]:
         return {
-            "model_version": self.model_version,
+            "model_version": self.model_version(),
             "model_pointer_error": self.watcher.last_error,
             "inference": self.service.describe() if self.service else None,
             "cache": self._cache_metrics(),
@@ -200,7 +210,7 @@ class ISNetModel:
     # -- one chunk ------------------------------------------------------------------------
 
     def _cache_metrics(self) -> dict[str, int] | None:
-        cache = self.pipeline.cache if self.pipeline else None
+        cache = self.pipelines.cache if self.pipelines else None
         return {"entries": len(cache), "bytes": cache.bytes, "max_bytes": cache.max_bytes} if cache else None
 
     @staticmethod
@@ -214,22 +224,19 @@ class ISNetModel:
             log.exception("preparing task %s failed", task.get("id"))
             return exc
 
-    def _interactive(self, task: dict[str, Any], context: dict[str, Any], label_config: str,
-                     target: BrushTarget, deadline: float) -> dict[str, Any]:
+    def _interactive(self, pipeline: TaskPipeline, task: dict[str, Any], context: dict[str, Any],
+                     label_config: str, target: BrushTarget, deadline: float) -> dict[str, Any]:
         """A smart-tool prompt: that object's brush region(s), or an empty result and a logged reason."""
         assert self.interactive is not None
         self.stats.incr("interactive.requests")
         try:
-            return self.interactive.predict(task, context, label_config, target, deadline, current_request_id())
+            return self.interactive.predict(pipeline, task, context, label_config, target, deadline,
+                                            current_request_id())
         except LOAD_ERRORS as exc:
-            return self._failed(task, exc)
+            return pipeline.failed(task, exc).as_answer()
         except Exception as exc:  # a bug in one prompt must not become a 500 in the editor
             log.exception("interactive prompt on task %s failed", task.get("id"))
-            return self._failed(task, exc)
-
-    def _failed(self, task: dict[str, Any], exc: Exception) -> dict[str, Any]:
-        assert self.pipeline is not None
-        return self.pipeline.failed(task, exc).as_answer()
+            return pipeline.failed(task, exc).as_answer()
 
     def _in_flight(self, tasks: list[dict[str, Any]], version: str, project: Any) -> list[int]:
         """Positions of the tasks handed to background pre-annotation that it has not written yet.

@@ -8,8 +8,10 @@ go through :class:`TaskPipeline`. Why one: a task must be predicted the same way
 and within a process a result computed for one caller answers the others from one cache, keyed
 by the image bytes' sha256, model version, engine, input size and threshold.
 
-What runs the network is given (:class:`Inference`): the server's inference thread, where
-callers queue by priority, or a network loaded in a worker process.
+What runs the network is given (:class:`Inference`): one lineage's view of the server's
+inference thread, where callers queue by priority, or of networks loaded in a worker process.
+:class:`Pipelines` gives each Label Studio project the pipeline of its lineage, all sharing one
+result cache (its key holds the model version, so projects on one version share results).
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ import numpy as np
 
 from backend.images import ImageError, load_image
 from backend.isnet import calibration_sample
+from backend.isnet.versions import lineage_of
 from backend.labelstudio.config import BrushTarget
 from backend.labelstudio.fetch import FetchError, ImageFetcher
 from backend.labelstudio.results import brush_result
 from backend.labelstudio.tasks import TaskImageError, image_url, task_label
+from backend.learning.lineages import lineage_for
 from backend.service.cache import CacheKey, ResultCache
 from backend.service.inference import InferenceOutcome
 from backend.service.logs import current_request_id
@@ -177,7 +181,8 @@ class TaskPipeline:
         self.cache.put(item.key._replace(model_version=version), (result, score), _result_bytes(result))
         self.stats.incr("tasks.predicted")
         assert item.image is not None
-        calibration_sample.offer(item.image, self.settings)  # int8 calibrates on served images
+        # int8 calibrates on the images the version's own lineage served
+        calibration_sample.offer(item.image, self.settings, lineage_of(version))
         return Prediction(result, score, version)
 
     def failed(self, task: dict[str, Any], exc: Exception) -> Prediction:
@@ -188,6 +193,40 @@ class TaskPipeline:
         self.stats.incr("tasks.failed")
         self.stats.error(type(exc).__name__, message, task_id=task_id, request_id=current_request_id())
         return Prediction([], 0.0, self.model_version, error=message)
+
+
+class LineageSource(Protocol):
+    """What runs every lineage's network: :class:`backend.service.inference.InferenceService` or
+    :class:`backend.service.inference.DirectInference`."""
+
+    def for_lineage(self, lineage: str) -> Inference: ...
+
+
+class Pipelines:
+    """The task pipeline of each lineage, made on first use; all share one cache, fetcher and stats."""
+
+    def __init__(self, settings: Settings, source: LineageSource, fetcher: ImageFetcher,
+                 cache: ResultCache | None = None, stats: Stats | None = None) -> None:
+        self.settings = settings
+        self.source = source
+        self.fetcher = fetcher
+        self.cache = cache if cache is not None else ResultCache(int(settings.cache_mb * 1024 * 1024))
+        self.stats = stats or Stats()
+        self._pipelines: dict[str, TaskPipeline] = {}
+
+    def for_lineage(self, lineage: str) -> TaskPipeline:
+        pipeline = self._pipelines.get(lineage)
+        if pipeline is None:
+            pipeline = TaskPipeline(self.settings, self.source.for_lineage(lineage), self.fetcher, self.cache,
+                                    self.stats)
+            self._pipelines[lineage] = pipeline
+        return pipeline
+
+    def for_project(self, project: Any) -> TaskPipeline:
+        """The pipeline of the lineage that ``project`` (as Label Studio names it) belongs to."""
+        return self.for_lineage(lineage_for(project, self.settings))
+
+    __call__ = for_project
 
 
 LOAD_ERRORS = (TaskImageError, ImageError)

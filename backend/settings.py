@@ -55,8 +55,11 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``ISNET_TRAIN_FEATURE_WEIGHT`` | ``0.02`` | feature loss vs side BCE (both measured gains used 0.02) |
 | ``ISNET_TRAIN_AMP`` | ``auto`` | ``auto``: fp16 on CUDA, bf16 where the CPU has AMX or AVX-512 BF16; ``on``, ``off`` |
 | ``ISNET_TRAIN_GT_ITERS`` | ``2000`` | GT encoder cap (it stops at max F 0.99; cached per labelled set) |
+| ``ISNET_TRAIN_SHARE`` | ``auto`` | change kept: ``evidence``, ``anchors``, ``full``; auto: base anchors |
 | ``ISNET_TRAIN_ANCHORS`` | ``builtin`` | photos whose masks a cycle keeps: builtin (scikit-image's), a folder, none |
 | ``ISNET_TRAIN_ANCHOR_DRIFT`` | ``0.025`` | most those masks may move per cycle (weights are mixed to stay within) |
+| ``ISNET_PROJECT_LINEAGES`` | ``""`` (own) | shared lineages: ``12=shop,13=shop``; ``*=base``: one model |
+| ``ISNET_MAX_LOADED_MODELS`` | ``3`` | model versions a process keeps loaded (least recently used go first) |
 | ``ISNET_HOLDOUT_FRACTION`` | ``0.2`` | share of labelled items held out (stable hash of the name) to judge a cycle |
 | ``ISNET_PROMOTE_RULE`` | ``bootstrap`` | per-image MAE change's 95 % CI below 0; or ``mae_not_worse``, ``always``... |
 | ``ISNET_PROMOTE_MIN_HELDOUT`` | ``30`` | fewer held-out images are too few to judge (the champion stays) |
@@ -149,6 +152,9 @@ class Settings:
     train_gt_iters: int = field(default_factory=lambda: int(_env("ISNET_TRAIN_GT_ITERS", "2000")))
     train_anchors: str = field(default_factory=lambda: _env("ISNET_TRAIN_ANCHORS", "builtin"))
     train_anchor_drift: float = field(default_factory=lambda: float(_env("ISNET_TRAIN_ANCHOR_DRIFT", "0.025")))
+    train_share: str = field(default_factory=lambda: _env("ISNET_TRAIN_SHARE", "auto").lower())
+    project_lineages: tuple[str, ...] = field(default_factory=lambda: _env_list("ISNET_PROJECT_LINEAGES"))
+    max_loaded_models: int = field(default_factory=lambda: int(_env("ISNET_MAX_LOADED_MODELS", "3")))
     holdout_fraction: float = field(default_factory=lambda: float(_env("ISNET_HOLDOUT_FRACTION", "0.2")))
     promote_rule: str = field(default_factory=lambda: _env("ISNET_PROMOTE_RULE", "bootstrap").lower())
     promote_min_heldout: int = field(default_factory=lambda: int(_env("ISNET_PROMOTE_MIN_HELDOUT", "30")))

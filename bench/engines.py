@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from backend.images import find_images, load_image  # noqa: E402
 from backend.isnet.engines import ENGINE_NAMES, create_engine  # noqa: E402
 from backend.isnet.processing import preprocess  # noqa: E402
-from backend.isnet.registry import ModelRegistry  # noqa: E402
+from backend.learning.registry import ModelRegistry  # noqa: E402
 from backend.settings import load  # noqa: E402
 from bench.machine import cpu  # noqa: E402
 

@@ -38,8 +38,8 @@ from backend.geometry import Box
 from backend.images import load_image, load_mask
 from backend.isnet.engines import create_engine
 from backend.isnet.prompting import segment_object
-from backend.isnet.registry import ModelRegistry
 from backend.isnet.segmenter import Segmenter
+from backend.learning.registry import ModelRegistry
 from backend.settings import load
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -38,10 +38,10 @@ sys.path.insert(0, str(REPO))
 from backend.isnet.engines.export import export_fp32  # noqa: E402
 from backend.isnet.engines.onnx_engine import OnnxEngine  # noqa: E402
 from backend.isnet.engines.torch_engine import TorchEngine  # noqa: E402
-from backend.isnet.registry import ModelRegistry  # noqa: E402
 from backend.isnet.segmenter import Segmenter  # noqa: E402
-from backend.isnet.training.interpolation import drift, interpolate, load_anchors  # noqa: E402
 from backend.isnet.training.networks import ISNET  # noqa: E402
+from backend.learning.interpolation import drift, interpolate, load_anchors  # noqa: E402
+from backend.learning.registry import ModelRegistry  # noqa: E402
 from backend.metrics import Pair, evaluate_segmenter  # noqa: E402
 from backend.settings import load  # noqa: E402
 from bench.machine import cpu  # noqa: E402

@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO))
 from redis import Redis  # noqa: E402
 from rq import Queue, Worker  # noqa: E402
 
-from backend.isnet.registry import ModelRegistry  # noqa: E402
 from backend.jobs.queue import submit  # noqa: E402
+from backend.learning.registry import ModelRegistry  # noqa: E402
 from backend.settings import load  # noqa: E402
 from tests import labelstudio_server  # noqa: E402
 from tests.paths import DIS_DEMO_IMAGES  # noqa: E402

@@ -38,9 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from backend.images import find_images, load_image, load_mask  # noqa: E402
-from backend.isnet.registry import ModelRegistry  # noqa: E402
 from backend.isnet.segmenter import Segmenter  # noqa: E402
 from backend.labelstudio.results import prediction_score  # noqa: E402
+from backend.learning.registry import ModelRegistry  # noqa: E402
 from backend.settings import Settings, load  # noqa: E402
 from bench.machine import cpu  # noqa: E402
 

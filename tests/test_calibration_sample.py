@@ -17,7 +17,7 @@ from PIL import Image
 from backend.cli import main
 from backend.isnet.calibration_sample import MAX_SIDE, CalibrationSample, offer, sample_dir, sample_for, sample_images
 from backend.isnet.engines.store import EngineStore, sidecar_of
-from backend.isnet.registry import ModelRegistry
+from backend.learning.registry import ModelRegistry
 from backend.model import ISNetModel
 from backend.server.app import create_app
 from backend.settings import Settings

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.isnet.registry import ModelRegistry
-from backend.isnet.training import TrainOptions, run_cycle
+from backend.isnet.training import TrainOptions
 from backend.isnet.training.tiny import TINY
+from backend.learning import CycleTarget, run_cycle
+from backend.learning.registry import ModelRegistry
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = TrainOptions(iters=6, size=64, crop=32, batch=2, lr=1e-3, device="cpu", amp=False, gt_max_iters=4,
@@ -45,17 +46,16 @@ def test_a_cycle_writes_one_complete_version_with_both_reports_and_the_history(t
     assert _visible(registry) == [report.version] and _hidden(registry) == []
     assert [v.name for v in registry.list_versions()] == [report.version]
     files = {p.relative_to(report.directory).as_posix() for p in report.directory.rglob("*") if p.is_file()}
-    assert {"checkpoint.pth", "metrics.json", "cycle.json", "history.json", "history.png"} <= files
+    assert {"checkpoint.pth", "cycle.json", "history.json", "history.png"} <= files
     for side in ("champion", "challenger"):
         assert {f"reports/{side}/metrics.json", f"reports/{side}/metrics.md", f"reports/{side}/metrics.csv"} <= files
     assert not any(name.endswith((".pth.tmp", "state.pth", "fingerprint.json")) for name in files)
-    metrics = json.loads((report.directory / "metrics.json").read_text())
+    cycle = json.loads((report.directory / "cycle.json").read_text())  # the one record of the cycle
     for side in ("champion", "challenger"):
-        assert {"mae", "avgfmeasure", "sm"} <= metrics[side]["metrics"].keys()
-    assert metrics["champion"]["name"] == registry.pretrained().name
+        assert {"mae", "avgfmeasure", "sm"} <= cycle[side]["metrics"].keys()
+    assert cycle["champion"]["name"] == registry.pretrained().name and cycle["lineage"] == "base"
     checkpoint = torch.load(report.directory / "checkpoint.pth", weights_only=True)
     assert {"model", "gt_encoder", "step"} <= checkpoint.keys() and checkpoint["step"] == 6
-    cycle = json.loads((report.directory / "cycle.json").read_text())
     assert cycle["train"]["count"] + cycle["held_out"]["count"] == 8
     history = json.loads((registry.root / "history.json").read_text())["cycles"]
     assert [row["version"] for row in history] == [report.version]
@@ -90,9 +90,9 @@ def test_the_history_lists_cycles_in_the_order_they_ran_even_within_one_second(
     # Both cycles finish within one second of the clock, and the later one's random name
     # suffix sorts first, as happens half the time when two cycles finish that close.
     one_second = time.gmtime()
-    monkeypatch.setattr("backend.isnet.registry.time.gmtime", lambda *_: one_second)
+    monkeypatch.setattr("backend.isnet.versions.time.gmtime", lambda *_: one_second)
     suffixes = iter(["ffffff", "000000"])
-    monkeypatch.setattr("backend.isnet.registry.secrets.token_hex", lambda _n: next(suffixes))
+    monkeypatch.setattr("backend.isnet.versions.secrets.token_hex", lambda _n: next(suffixes))
     ticks = iter(range(1, 1_000_000))
 
     class SameSecond(datetime.datetime):
@@ -100,7 +100,7 @@ def test_the_history_lists_cycles_in_the_order_they_ran_even_within_one_second(
         def now(cls, tz=None):
             return cls(2026, 12, 1, 12, 0, 0, next(ticks), tzinfo=tz)
 
-    monkeypatch.setattr("backend.isnet.training.cycle.datetime", SameSecond)
+    monkeypatch.setattr("backend.learning.cycle.datetime", SameSecond)
     first = run_cycle((images, masks), tiny_settings, OPTIONS, networks=TINY)
     second = run_cycle((images, masks), tiny_settings, OPTIONS, networks=TINY)
     assert second.version < first.version
@@ -159,7 +159,7 @@ def test_a_cycle_written_outside_the_registry_is_never_promoted(tiny_settings, t
     registry = ModelRegistry(tiny_settings)
     out = tmp_path / "elsewhere" / "run1"
     report = run_cycle((images, masks), tiny_settings, dataclasses.replace(OPTIONS, promote_rule="always"),
-                       out=out, networks=TINY)
+                       target=CycleTarget(out=out), networks=TINY)
     assert report.directory == out and (out / "checkpoint.pth").is_file() and (out / "history.json").is_file()
     assert not report.promoted and "outside MODEL_DIR" in report.decision.reason
     assert registry.current_name() is None and registry.list_versions() == []
@@ -170,7 +170,8 @@ KILLED_WORKER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from backend.settings import Settings
-    from backend.isnet.training import TrainOptions, run_cycle
+    from backend.isnet.training import TrainOptions
+    from backend.learning import run_cycle
     from backend.isnet.training.tiny import TINY
 
     images, masks, models, weights, marker = map(Path, sys.argv[1:6])

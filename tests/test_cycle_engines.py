@@ -12,8 +12,9 @@ import pytest
 
 from backend.isnet.engines.config import default_config
 from backend.isnet.engines.store import EngineStore, sidecar_of
-from backend.isnet.registry import ModelRegistry
-from backend.isnet.training import TrainOptions, run_cycle
+from backend.isnet.training import TrainOptions
+from backend.learning import run_cycle
+from backend.learning.registry import ModelRegistry
 from backend.settings import Settings
 from tests.paths import DUTS_TR
 

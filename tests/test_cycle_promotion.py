@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from backend.isnet.training.promotion import decide, parse_rule
+from backend.learning.promotion import decide, parse_rule
 
 CHAMPION = {"mae": 0.050, "sm": 0.85, "avgfmeasure": 0.80}
 

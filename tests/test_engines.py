@@ -18,8 +18,8 @@ from backend.cli import main
 from backend.images import load_image
 from backend.isnet.engines import EngineError, create_engine
 from backend.isnet.engines.store import EngineStore, sidecar_of
-from backend.isnet.registry import ModelRegistry, ModelVersion
 from backend.isnet.segmenter import Segmenter
+from backend.learning.registry import ModelRegistry, ModelVersion
 from backend.settings import load
 from tests.paths import DIS_DEMO_IMAGES, DUTS_TR, REPO
 

@@ -4,7 +4,7 @@ import pytest
 
 from backend.isnet.engines import EngineError, check_engine_name
 from backend.isnet.engines.selection import FALLBACK, Measurements
-from backend.isnet.registry import ModelVersion
+from backend.learning.registry import ModelVersion
 
 FP32 = {"mae": 0.0400, "avgfmeasure": 0.8500, "sm": 0.8800}
 

@@ -9,9 +9,10 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from backend.isnet.training import TrainOptions, run_cycle
+from backend.isnet.training import TrainOptions
 from backend.isnet.training.gt_cache import CACHE_DIR
 from backend.isnet.training.tiny import TINY
+from backend.learning import run_cycle
 
 # A target the tiny encoder reaches within its first checks, so a cached entry is a finished one.
 OPTIONS = TrainOptions(iters=2, size=64, batch=2, lr=1e-3, device="cpu", amp=False, gt_max_iters=40, gt_check_every=2,

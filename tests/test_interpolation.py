@@ -8,8 +8,10 @@ import json
 import pytest
 import torch
 
-from backend.isnet.training import TrainOptions, run_cycle
-from backend.isnet.training.interpolation import (
+from backend.isnet.training import TrainOptions
+from backend.isnet.training.tiny import TINY, TinySegmenter
+from backend.learning import run_cycle
+from backend.learning.interpolation import (
     BUILTIN_PHOTOS,
     anchor_paths,
     choose,
@@ -19,7 +21,6 @@ from backend.isnet.training.interpolation import (
     load_anchors,
     predict_masks,
 )
-from backend.isnet.training.tiny import TINY, TinySegmenter
 
 OPTIONS = TrainOptions(iters=6, size=64, crop=32, batch=2, lr=1e-3, device="cpu", amp=False, gt_max_iters=4,
                        gt_check_every=2, gt_target_f=1.1, checkpoint_every=3, promote_rule="always")

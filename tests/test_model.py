@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from backend.isnet.registry import CHECKPOINT_FILE, ModelRegistry
 from backend.jobs import hooks
+from backend.learning.registry import CHECKPOINT_FILE, ModelRegistry
 from backend.model import ISNetModel
 from backend.settings import Settings
 

@@ -22,7 +22,7 @@ import requests
 from PIL import Image
 
 from backend.cli import main
-from backend.isnet.registry import CHECKPOINT_FILE, METRICS_FILE, ModelRegistry
+from backend.learning.registry import CHECKPOINT_FILE, METRICS_FILE, ModelRegistry
 from backend.model import ISNetModel
 from backend.server.app import create_app
 from backend.settings import Settings

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.isnet.registry import ModelRegistry
-from backend.isnet.training import TrainOptions, run_cycle
-from backend.isnet.training.promotion import decide, paired_bootstrap
+from backend.isnet.training import TrainOptions
 from backend.isnet.training.tiny import TINY
+from backend.learning import run_cycle
+from backend.learning.promotion import decide, paired_bootstrap
+from backend.learning.registry import ModelRegistry
 from tests.paths import SHARED
 
 BUTTERFLIES = SHARED / "data" / "butterflies" / "train"

@@ -11,12 +11,13 @@ import time
 
 import pytest
 
-from backend.isnet.training import TrainOptions, run_cycle
+from backend.isnet.training import TrainOptions
 from backend.isnet.training.budget import Budget, StepTimer, learning_rate, planned_steps
-from backend.isnet.training.cycle import _warm_up
 from backend.isnet.training.progress import STATUS_FILE
 from backend.isnet.training.tiny import TINY
 from backend.jobs.retrain_status import latest_report
+from backend.learning import run_cycle
+from backend.learning.cycle import _warm_up
 
 BUDGET_S = 12.0
 OPTIONS = TrainOptions(iters=0, budget_min=BUDGET_S / 60, size=64, batch=2, lr=1e-3, device="cpu",
@@ -112,7 +113,7 @@ def test_on_a_slow_machine_the_held_out_images_that_fit_are_scored_and_the_repor
         tiny_settings, tiny_pairs, monkeypatch):
     images, masks = tiny_pairs(16)
     # As if one prediction took 1 s: a 30 s budget gives scoring 6 s (20 %) per model.
-    monkeypatch.setattr("backend.isnet.training.cycle.seconds_per_image", lambda *a, **k: 1.0)
+    monkeypatch.setattr("backend.learning.cycle.seconds_per_image", lambda *a, **k: 1.0)
     options = dataclasses.replace(OPTIONS, iters=2, budget_min=0.5, holdout_fraction=0.6, promote_rule="bootstrap")
     report = run_cycle((images, masks), tiny_settings, options, networks=TINY)
     available = report.budget["held_out_available"]

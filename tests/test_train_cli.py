@@ -8,7 +8,7 @@ import os
 import torch
 
 from backend.cli import main
-from backend.isnet.registry import ModelRegistry
+from backend.learning.registry import ModelRegistry
 from backend.settings import load
 
 

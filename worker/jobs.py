@@ -9,28 +9,29 @@ from typing import Any
 from backend.jobs.preannotate import ChunkOutcome, preannotate_tasks
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.fetch import ImageFetcher
-from backend.pipeline import TaskPipeline
+from backend.pipeline import Pipelines, TaskPipeline
 from backend.service.inference import DirectInference
 from backend.settings import Settings, load
 
 log = logging.getLogger(__name__)
 
-_pipeline: TaskPipeline | None = None
+_pipelines: Pipelines | None = None
 
 
-def _worker_pipeline(settings: Settings, client: LabelStudioClient) -> TaskPipeline:
-    """One network (and result cache) per worker process, loaded by its first job and kept."""
-    global _pipeline
-    if _pipeline is None:
-        _pipeline = TaskPipeline(settings, DirectInference(settings), ImageFetcher(settings, client.auth))
-    return _pipeline
+def _worker_pipeline(settings: Settings, client: LabelStudioClient, project_id: int) -> TaskPipeline:
+    """The project's pipeline; one result cache and at most ``ISNET_MAX_LOADED_MODELS`` networks per
+    worker process, loaded by the jobs that need them and kept."""
+    global _pipelines
+    if _pipelines is None:
+        _pipelines = Pipelines(settings, DirectInference(settings), ImageFetcher(settings, client.auth))
+    return _pipelines.for_project(project_id)
 
 
 def run_preannotation(project_id: int, task_ids: list[int], requested_version: str = "") -> dict[str, Any]:
     """What an RQ worker runs: progress goes to the job's meta and the shared counters.
 
     ``requested_version`` is what the enqueuer served; predictions are written under the version
-    this worker actually runs (the current one), because that is what ``/setup`` reports now.
+    this worker actually runs (the project's current one), because that is what ``/setup`` reports now.
     """
     from rq import get_current_job
 
@@ -49,8 +50,9 @@ def run_preannotation(project_id: int, task_ids: list[int], requested_version: s
             job.save_meta()
 
     client = LabelStudioClient.from_settings(settings)
-    outcome = preannotate_tasks(project_id, task_ids, client=client, pipeline=_worker_pipeline(settings, client),
-                                settings=settings, report=report, held_version=requested_version)
+    pipeline = _worker_pipeline(settings, client, project_id)
+    outcome = preannotate_tasks(project_id, task_ids, client=client, pipeline=pipeline, settings=settings,
+                                report=report, held_version=requested_version)
     if requested_version and requested_version != outcome.model_version:
         log.info("chunk asked for %s, written under the current version %s", requested_version,
                  outcome.model_version)

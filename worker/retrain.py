@@ -62,8 +62,10 @@ def retrain_project(project_id: int, *, force: bool = False, settings: Settings,
     """Run (or skip) one cycle for the project; the outcome, also saved as state and latest report.
 
     ``networks``: what the cycle builds (tests pass the tiny ones; default ISNet)."""
-    from backend.isnet.training.cycle import run_cycle
     from backend.isnet.training.networks import ISNET
+    from backend.learning.cycle import Cycle
+    from backend.learning.lineages import lineage_for
+    from backend.learning.registry import ModelRegistry
 
     client = client or LabelStudioClient.from_settings(settings)
     started = time.time()
@@ -77,7 +79,8 @@ def retrain_project(project_id: int, *, force: bool = False, settings: Settings,
     used_before = set(state.get("used_keys") or [])
     new = sum(1 for label, _ in labels.values() if label.key not in used_before)
     needed = 1 if force else max(1, settings.min_new_labels)
-    outcome: dict[str, Any] = {"project": project_id, "started": started, "forced": force,
+    lineage = lineage_for(project_id, settings)
+    outcome: dict[str, Any] = {"project": project_id, "lineage": lineage, "started": started, "forced": force,
                                "labels": len(labels), "new_labels": new, "needed": needed}
     if (len(labels) if force else new) < needed:
         outcome.update(status="skipped", reason=f"{new} new label(s) since the last cycle, {needed} needed"
@@ -92,17 +95,13 @@ def retrain_project(project_id: int, *, force: bool = False, settings: Settings,
         return _record(settings, folder, state, outcome)
     write_json(datasets_dir(settings) / LATEST_FILE, {**outcome, "status": "running"})
     try:
-        report = run_cycle((snap.images, snap.masks), settings, cycle_options(settings), promote=True,
-                           networks=networks or ISNET)
+        cycle = Cycle(settings, cycle_options(settings), registry=ModelRegistry(settings, lineage),
+                      networks=networks or ISNET)
+        report = cycle.run((snap.images, snap.masks))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:  # TrainingError is a RuntimeError or ValueError
         outcome.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
         return _record(settings, folder, state, outcome)
-    cycle = report.to_dict()
-    outcome.update(status="promoted" if report.promoted else "rejected", reason=report.decision.reason,
-                   version=report.version, champion=report.champion, report_path=str(report.directory / "cycle.json"),
-                   metrics=cycle["metrics"], decision=cycle["decision"], engines=cycle["engines"],
-                   trained_on=report.train_count, held_out=len(report.held_out),
-                   steps=report.training.get("steps"), budget=report.budget)
+    outcome.update(status="promoted" if report.promoted else "rejected", **report.summary())
     state["used_keys"] = [label.key for label in snap.used]
     state["last_cycle"] = time.time()
     return _record(settings, folder, state, outcome)
@@ -141,7 +140,10 @@ def run_job(project_id: int) -> dict[str, Any]:
     settings = load()
     connection = Redis.from_url(settings.redis_url)
     job = get_current_job()
-    with connection.lock(lock_key(settings.queue_name, project_id), timeout=LOCK_TIMEOUT_S, blocking_timeout=None):
+    from backend.learning.lineages import lineage_for
+
+    lineage = lineage_for(project_id, settings)  # one cycle per lineage at a time (projects may share one)
+    with connection.lock(lock_key(settings.queue_name, lineage), timeout=LOCK_TIMEOUT_S, blocking_timeout=None):
         pending = pending_key(settings.queue_name, project_id)
         if job is not None and connection.get(pending) == job.id.encode():
             connection.delete(pending)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.cli.projects import add_project_argument
 from backend.isnet.engines import ENGINE_NAMES, EngineError
 from backend.isnet.weights import WeightsError
 from backend.settings import Settings, check_input_size, load
@@ -49,11 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--num", type=int, default=None, help="calibration images (overrides get_data_num, 50)")
     build.add_argument("--size", type=int, default=None, help="input side (overrides frontend.shape)")
     build.add_argument("--model", default=None, help="model version (default: the current one)")
+    add_project_argument(build)
     build.add_argument("--force", action="store_true", help="rebuild even if a verified file exists")
     build.set_defaults(func=_build)
 
     listing = commands.add_parser("list", help="built engines, whether they verify, and measurements")
     listing.add_argument("--model", default=None, help="model version (default: the current one)")
+    add_project_argument(listing)
     listing.set_defaults(func=_list)
 
     measure = commands.add_parser(
@@ -66,14 +69,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     measure.add_argument("--out", type=Path, default=None, help="also write an `isnet evaluate` report here")
     measure.add_argument("--save-pred", type=Path, default=None, help="also write the masks here as NAME.png")
     measure.add_argument("--model", default=None, help="model version (default: the current one)")
+    add_project_argument(measure)
     measure.set_defaults(func=_measure)
 
 
-def _version(settings: Settings, name: str | None) -> Any:
-    from backend.isnet.registry import ModelRegistry
+def _version(settings: Settings, args: argparse.Namespace) -> Any:
+    from backend.cli.projects import version_for
 
-    registry = ModelRegistry(settings)
-    return registry.get(name) if name else registry.current()
+    return version_for(args, settings, args.model)
 
 
 def _fail(exc: BaseException) -> int:
@@ -88,7 +91,7 @@ def _build(args: argparse.Namespace) -> int:
     settings = load()
     try:
         config = load_config(args.config).override(size=args.size, calib_dir=args.calib, num=args.num)
-        version = _version(settings, args.model)
+        version = _version(settings, args)
         start = time.perf_counter()
         path = EngineStore(version, settings).build(config, force=args.force)
     except (EngineError, WeightsError, KeyError, ValueError) as exc:
@@ -104,7 +107,7 @@ def _list(args: argparse.Namespace) -> int:
 
     settings = load()
     try:
-        version = _version(settings, args.model)
+        version = _version(settings, args)
     except (WeightsError, KeyError) as exc:
         return _fail(exc)
     good, bad = EngineStore(version, settings).scan()
@@ -160,7 +163,7 @@ def _measure(args: argparse.Namespace) -> int:
     settings = load()
     try:
         size = check_input_size(args.size or settings.input_size)
-        version = _version(settings, args.model)
+        version = _version(settings, args)
         engine = _Timed(create_engine(args.engine, version, settings, size))
         pairs, issues = pair_folders(args.gt, args.images, "image")
     except (EngineError, WeightsError, KeyError, ValueError, PairingError) as exc:

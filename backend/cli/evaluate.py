@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from backend.cli.projects import add_project_argument
 from backend.isnet.engines import ENGINE_NAMES
 
 # backend.metrics imports PySODMetrics (scikit-image, scikit-learn: seconds); it is imported
@@ -59,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="network input side, a multiple of 32 (default ISNET_INPUT_SIZE, 1024)")
     model.add_argument("--engine", choices=ENGINE_NAMES, default=None, help="inference engine (default ISNET_ENGINE)")
     model.add_argument("--model", default=None, help="model version (default: the current one)")
+    add_project_argument(model)
     model.add_argument("--save-pred", type=Path, default=None, help="also write the masks here as NAME.png")
     parser.set_defaults(func=run)
 
@@ -112,14 +114,13 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _segmenter(args: argparse.Namespace, settings: Any) -> tuple[Any, str]:
     """The segmenter for ``--images`` and the model version it runs."""
+    from backend.cli.projects import version_for
     from backend.isnet.engines import create_engine
-    from backend.isnet.registry import ModelRegistry
     from backend.isnet.segmenter import Segmenter
     from backend.settings import check_input_size
 
     size = check_input_size(args.size or settings.input_size)
-    registry = ModelRegistry(settings)
-    version = registry.get(args.model) if args.model else registry.current()
+    version = version_for(args, settings, args.model)
     engine = create_engine(args.engine or settings.engine, version, settings, size)
     return Segmenter(engine, size), version.name
 

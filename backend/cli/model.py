@@ -1,8 +1,10 @@
-"""``isnet model``: list the model versions, pin one as current, or roll back.
+"""``isnet model``: list a lineage's model versions, pin one as current, or roll back.
 
-Why a command and not a restart: the served version is whatever ``MODEL_DIR/CURRENT`` names,
-and every running server re-reads it on its next request (``VersionWatcher``). Switching is one
-atomic rename, so ``/setup`` and every new prediction follow at once, with no retraining.
+Why a command and not a restart: the served version of a lineage is whatever its ``CURRENT``
+names, and every running server re-reads it on its next request (``VersionWatcher``). Switching
+is one atomic rename, so ``/setup`` and every new prediction of that project follow at once,
+with no retraining. ``--project N`` acts on project N's lineage; without it, on the base lineage,
+which every project without a lineage of its own follows.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import argparse
 import json
 import sys
 
-from backend.isnet.registry import ModelRegistry, NoPreviousVersion, VersionInfo
+from backend.cli.projects import add_project_argument, registry_for
 from backend.isnet.weights import WeightsError
+from backend.learning.registry import ModelRegistry, NoPreviousVersion, VersionInfo
 from backend.settings import load
 
 SHOWN_METRICS = ("mae", "avgfmeasure", "sm")
@@ -21,44 +24,67 @@ EXIT_NO_PREVIOUS = 1
 
 EPILOG = """\
 examples:
-  isnet model list
-  isnet model use isnet-ft-20250101-120000-a1b2c3
-  isnet model use pretrained
-  isnet model rollback
+  isnet model list --project 7
+  isnet model use --project 7 isnet-p7-ft-20250101-120000-a1b2c3
+  isnet model use --project 8 isnet-p7-ft-20250101-120000-a1b2c3   # project 8 starts from 7's specialist
+  isnet model use --base pretrained
+  isnet model rollback --project 7
 
-"Previous" for rollback: every switch of the current version (a retraining cycle's promotion, or
-`isnet model use`) remembers the version it replaced, and `rollback` goes back to the most recent
-one, so repeated rollbacks walk back through the versions served before. Without that record,
-rollback goes to the version the current one was trained from. Running servers follow within
-their next request; nothing is retrained or restarted.
+"Previous" for rollback: every switch of a lineage's current version (a retraining cycle's
+promotion, or `isnet model use`) remembers the version it replaced, and `rollback` goes back to
+the most recent one, so repeated rollbacks walk back through the versions served before; a
+project's first switch is remembered as "follow the base", so rolling all the way back makes it
+follow the base lineage again. Running servers follow within their next request; nothing is
+retrained or restarted.
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "model", help="list model versions, pin one as current, or roll back",
-        description="The model versions in MODEL_DIR and which one is served.",
+        description="The model versions in MODEL_DIR and which one each project's lineage serves.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(dest="model_action", metavar="ACTION", required=True)
-    listing = actions.add_parser("list", help="every version: name, created, held-out metrics, which is current")
-    listing.add_argument("--json", action="store_true", help="print the list as JSON")
+    listing = actions.add_parser("list", help="a lineage's versions: name, created, held-out metrics, which is current")
+    listing.add_argument("--json", action="store_true",
+                         help='print {"lineage", "current": NAME, "versions": [...]} as JSON')
+    listing.add_argument("--all", action="store_true", help="every lineage's versions, not only this one's")
+    _lineage_arguments(listing)
     listing.set_defaults(func=_list)
     use = actions.add_parser("use", help="serve VERSION from now on ('pretrained' names the pretrained weights)")
     use.add_argument("version", metavar="VERSION", help="a name from `isnet model list`, or 'pretrained'")
+    _lineage_arguments(use)
     use.set_defaults(func=_use)
     rollback = actions.add_parser("rollback", help="serve the previously current version again")
+    _lineage_arguments(rollback)
     rollback.set_defaults(func=_rollback)
 
 
+def _lineage_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--base", action="store_true",
+                       help="the base lineage (the default): what every project without its own follows")
+    add_project_argument(group)
+
+
+def _registry(args: argparse.Namespace) -> ModelRegistry:
+    return registry_for(args, load())
+
+
 def _list(args: argparse.Namespace) -> int:
-    infos = ModelRegistry(load()).catalogue()
+    registry = _registry(args)
+    infos = registry.catalogue(only_lineage=not args.all)
+    current = registry.current_or_pretrained_name()
     if args.json:
-        print(json.dumps([i.to_dict() for i in infos], indent=2))
+        print(json.dumps({"lineage": registry.lineage, "follows_base": registry.follows_base, "current": current,
+                          "versions": [i.to_dict() for i in infos]}, indent=2))
         return 0
     if not infos:
         print("no model versions: run `isnet weights fetch`", file=sys.stderr)
         return 1
+    follows = " (follows the base lineage)" if registry.follows_base else ""
+    print(f"lineage {registry.lineage}{follows}: current {current}")
     rows = [_row(i) for i in infos]
     header = ["", "VERSION", "CREATED (UTC)", *(m.upper() for m in SHOWN_METRICS), "FROM"]
     widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
@@ -80,17 +106,19 @@ def _number(value: object) -> str:
 
 
 def _use(args: argparse.Namespace) -> int:
-    registry = ModelRegistry(load())
+    registry = _registry(args)
     try:
         name = registry.pretrained().name if args.version == "pretrained" else args.version
         before = registry.current_or_pretrained_name()
+        following = registry.follows_base
         registry.promote(name, how="use")
     except (KeyError, WeightsError) as exc:
         return _unknown(args.version, exc)
-    if before == name:
-        print(f"{name} is already the current version")
+    if before == name and not following:
+        print(f"{name} is already the current version of lineage {registry.lineage}")
     else:
-        print(f"now serving {name} (was {before}); running servers switch on their next request")
+        print(f"lineage {registry.lineage} now serves {name} (was {before}); running servers switch on their "
+              "next request")
     return 0
 
 
@@ -101,10 +129,13 @@ def _unknown(version: str, exc: Exception) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
+    registry = _registry(args)
     try:
-        version, before = ModelRegistry(load()).rollback()
+        version, before = registry.rollback()
     except NoPreviousVersion as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NO_PREVIOUS
-    print(f"rolled back to {version.name} (was {before}); running servers switch on their next request")
+    follows = ", following the base lineage again" if registry.follows_base else ""
+    print(f"lineage {registry.lineage} rolled back to {version.name}{follows} (was {before}); running servers "
+          "switch on their next request")
     return 0

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="only tasks without a prediction of the model version (default)")
     which.add_argument("--all", action="store_true", help="every task, even those already predicted")
     parser.add_argument("--model-version", default="",
-                        help="registry version to predict with and write under (default: the current one)")
+                        help="registry version to predict with and write under (default: the project's current one)")
     parser.add_argument("--enqueue", action="store_true", help="queue RQ jobs (REDIS_URL) instead of running here")
     parser.set_defaults(func=run)
 
@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from backend.jobs.queue import chunks, submit
     from backend.labelstudio.client import LabelStudioClient, LabelStudioDown, TaskRejected
     from backend.labelstudio.fetch import ImageFetcher
+    from backend.learning.lineages import lineage_for
     from backend.pipeline import TaskPipeline
     from backend.service.inference import DirectInference, VersionWatcher
 
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         if not settings.redis_url:
             print("--enqueue needs REDIS_URL", file=sys.stderr)
             return 2
-        version = args.model_version or VersionWatcher(settings).current().name
+        version = args.model_version or VersionWatcher(settings).current(lineage_for(args.project, settings)).name
         try:
             jobs = submit(args.project, task_ids, version, settings)
         except QueueUnavailable as exc:
@@ -59,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"{len(task_ids)} task(s) in {len(jobs)} new job(s) on queue {settings.queue_name}")
         return 0
-    pipeline = TaskPipeline(settings, DirectInference(settings, args.model_version or None),
-                            ImageFetcher(settings, client.auth))
+    inference = DirectInference(settings, args.model_version or None).for_lineage(lineage_for(args.project, settings))
+    pipeline = TaskPipeline(settings, inference, ImageFetcher(settings, client.auth))
     totals = {"done": 0, "skipped": 0, "failed": 0}
     with tqdm(total=len(task_ids), unit="task", desc=f"project {args.project}") as bar:
         def report(name: str, _: ChunkOutcome) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from backend.cli.projects import add_project_argument, version_for
 from backend.images import ImageError, find_images, load_image
 from backend.isnet.engines import ENGINE_NAMES, EngineError
 from backend.isnet.segmenter import Segmenter
@@ -30,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, default=None,
                         help="network input side, a multiple of 32 (default ISNET_INPUT_SIZE, 1024)")
     parser.add_argument("--engine", choices=ENGINE_NAMES, default=None, help="inference engine (default ISNET_ENGINE)")
+    add_project_argument(parser, "predict with")
     parser.set_defaults(func=run)
 
 
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load()
     try:
         size = check_input_size(args.size or settings.input_size)
-        segmenter = Segmenter.from_settings(settings, engine=args.engine, size=size)
+        segmenter = Segmenter.from_settings(settings, version_for(args, settings), engine=args.engine, size=size)
     except (ValueError, WeightsError, EngineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -34,6 +34,11 @@ def run(args: argparse.Namespace) -> int:
 
         check_engine_name(settings.engine)
         HostPolicy(settings.label_studio_url, settings.allowed_hosts)  # LABEL_STUDIO_URL, ISNET_ALLOWED_HOSTS
+        from backend.learning.lineages import lineage_for
+        from backend.learning.share import method_for
+
+        lineage_for(0, settings)  # ISNET_PROJECT_LINEAGES
+        method_for(settings.train_share, "base")  # ISNET_TRAIN_SHARE
         version = VersionWatcher(settings).current()
     except (ValueError, KeyError, WeightsError, EngineError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
-from backend.isnet.training import FEATURE_LOSSES, CycleReport, TqdmProgress, TrainingError, TrainOptions, run_cycle
+from backend.cli.projects import add_project_argument, registry_for
+from backend.isnet.training import FEATURE_LOSSES, TqdmProgress, TrainingError, TrainOptions
 from backend.isnet.training.options import SCHEDULES
 from backend.isnet.weights import WeightsError
+from backend.learning.cycle import Cycle, CycleReport, CycleTarget
+from backend.learning.share import METHODS
 from backend.settings import Settings, load
 
 SHOWN = ("mae", "avgfmeasure", "sm", "maxfmeasure")
@@ -17,7 +21,7 @@ SHOWN = ("mae", "avgfmeasure", "sm", "maxfmeasure")
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "train",
-        help="fine-tune the current model on labelled pairs (GT encoder + feature loss), evaluate, promote",
+        help="fine-tune a lineage's current model on labelled pairs (GT encoder + feature loss), evaluate, promote",
         description="One retraining cycle as in the DIS paper, within a wall-time budget (ISNET_TRAIN_BUDGET, "
         "30 min). The current model (champion) is scored on held-out pairs at the serving size; a GT encoder "
         "reconstructs the masks (cached per labelled set, so an unchanged set costs nothing); the champion is "
@@ -27,8 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: the 95%% interval of the paired MAE change is below 0, on at least 30 held-out images, and "
         "it is not significantly worse on earlier cycles' held-out images). Pairs are IMAGES/NAME.* with "
         "MASKS/NAME.*; unreadable pairs are skipped and listed. An interrupted cycle with the same data and "
-        "options resumes where it stopped.",
+        "options resumes where it stopped. With --project N the cycle starts from project N's current model "
+        "and promotes into project N's lineage, keeping the share of the change its held-out images favour; "
+        "without it, it trains the base lineage, which every project without a lineage of its own follows "
+        "(and keeps the share that unlabelled general photos allow).",
     )
+    add_project_argument(parser, "train into")
     parser.add_argument("--images", type=Path, required=True, help="folder of training images")
     parser.add_argument("--masks", type=Path, required=True, help="folder of their masks (same file stems)")
     parser.add_argument("--val-images", type=Path, help="held-out images (default: a stable 20%% of --images)")
@@ -58,6 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--scales", type=_sides, metavar="S[,S...]",
                         help="whole-image multi-scale training: step k uses whole images resized to the k-th "
                         "side in turn, e.g. 1024,320 (no crops; overrides --crop and --min-scale)")
+    parser.add_argument("--share", choices=METHODS,
+                        help="how much of the trained change to keep: chosen on held-out 'evidence', by 'anchors' "
+                        "photos, 'full'; auto (default ISNET_TRAIN_SHARE): anchors for the base lineage, evidence "
+                        "for a project's")
     parser.add_argument("--anchors",
                         help="photos whose masks the cycle must keep: 'builtin' (scikit-image's), a folder, or "
                         "'none' to keep the trained weights whole (default ISNET_TRAIN_ANCHORS, builtin)")
@@ -100,14 +112,15 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.exists():
         print(f"error: {args.out} already exists; a cycle writes a new directory", file=sys.stderr)
         return 2
+    if args.share:
+        settings = dataclasses.replace(settings, train_share=args.share)
     progress = TqdmProgress()
     try:
         options = options_from_args(args, settings)
         held_out = (args.val_images, args.val_masks) if args.val_images is not None else None
-        report = run_cycle(
-            (args.images, args.masks), settings, options, held_out=held_out, out=args.out,
-            promote=not args.no_promote, resume=not args.no_resume, progress=progress,
-        )
+        cycle = Cycle(settings, options, registry=registry_for(args, settings), progress=progress)
+        report = cycle.run((args.images, args.masks), held_out,
+                           CycleTarget(out=args.out, promote=not args.no_promote, resume=not args.no_resume))
     except (ValueError, TrainingError, WeightsError, FileNotFoundError) as exc:
         progress.close()
         print(f"error: {exc}", file=sys.stderr)
@@ -123,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
     if mix.get("anchors"):
         print(f"kept {mix['lam']:.4f} of the trained change: anchor masks moved {mix['drift']:.4f} "
               f"(limit {mix['max_drift']:g}, {mix['anchors']} photos, {mix['seconds']:.0f} s)")
+    elif mix.get("method") == "evidence":
+        print(f"kept {mix['lam']:g} of the trained change: {mix['reason']}")
     for label in ("champion", "challenger"):
         metrics = report.metrics[label]
         name = report.champion if label == "champion" else report.version
@@ -132,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         print("engines rebuilt: " + ", ".join(report.engines["built"]))
     elif report.engines and report.engines.get("error"):
         print(f"engines not rebuilt ({report.engines['error']}); serving builds them on demand")
-    print("now current: " + (report.version if report.promoted else report.champion))
+    print(f"now current in lineage {report.lineage}: " + (report.version if report.promoted else report.champion))
     return 0
 
 

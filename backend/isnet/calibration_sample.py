@@ -3,7 +3,8 @@
 Why: int8 ranges should be measured on the team's own images, and a fresh install has no other
 images. After each successful prediction the caller offers the decoded image; a background
 thread keeps up to ``ISNET_CALIB_SAMPLE`` distinct ones (by pixel hash), downsized to a longer
-side of :data:`MAX_SIDE`, as JPEG files named by that hash in ``MODEL_DIR/calibration``.
+side of :data:`MAX_SIDE`, as JPEG files named by that hash in ``MODEL_DIR/calibration`` (the
+base lineage's; a project lineage keeps its own, see :func:`sample_dir`).
 ``MODEL_DIR`` rather than ``ISNET_HOME``: it is the writable volume the server and the workers
 share (``ISNET_HOME`` is read-only in the Docker image).
 
@@ -25,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from backend import atomic
+from backend.isnet.versions import BASE, lineage_dir
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,9 +40,11 @@ PENDING = 4
 """Images waiting for the writer thread at most; more are skipped (bounds the memory they hold)."""
 
 
-def sample_dir(settings: Settings) -> Path:
-    """Where the served sample lives: ``MODEL_DIR/calibration``."""
-    return settings.model_dir / SAMPLE_DIR
+def sample_dir(settings: Settings, lineage: str = BASE) -> Path:
+    """Where a lineage's served sample lives: ``MODEL_DIR/calibration`` for the base lineage,
+    ``MODEL_DIR/lineages/<lineage>/calibration`` for a project's: a version calibrates on the
+    images of the lineage that serves it, never on another project's."""
+    return lineage_dir(settings, lineage) / SAMPLE_DIR
 
 
 def sample_images(folder: Path) -> list[Path]:
@@ -128,17 +132,18 @@ _lock = threading.Lock()
 _samples: dict[tuple[Path, int], CalibrationSample] = {}
 
 
-def sample_for(settings: Settings) -> CalibrationSample:
-    """This process's sample for ``settings`` (one writer thread per folder)."""
-    key = (sample_dir(settings), settings.calib_sample)
+def sample_for(settings: Settings, lineage: str = BASE) -> CalibrationSample:
+    """This process's sample of ``lineage`` (one writer thread per folder)."""
+    key = (sample_dir(settings, lineage), settings.calib_sample)
     with _lock:
         if key not in _samples:
             _samples[key] = CalibrationSample(*key)
         return _samples[key]
 
 
-def offer(image: np.ndarray | None, settings: Settings) -> bool:
-    """Offer an image the backend has just segmented to the int8 calibration sample; never blocks."""
+def offer(image: np.ndarray | None, settings: Settings, lineage: str = BASE) -> bool:
+    """Offer an image the backend has just segmented with a version of ``lineage`` to that lineage's
+    int8 calibration sample; never blocks."""
     if image is None or settings.calib_sample <= 0:
         return False
-    return sample_for(settings).offer(image)
+    return sample_for(settings, lineage).offer(image)

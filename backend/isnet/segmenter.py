@@ -11,6 +11,7 @@ import numpy as np
 
 from backend.isnet.engines.base import Engine
 from backend.isnet.processing import postprocess, preprocess
+from backend.isnet.versions import ModelVersion
 from backend.settings import Settings, check_input_size
 
 
@@ -22,18 +23,13 @@ class Segmenter:
         self.size = check_input_size(size)
 
     @classmethod
-    def from_settings(cls, settings: Settings, engine: str | None = None, size: int | None = None) -> Segmenter:
-        """The serving segmenter: the current model version, ``ISNET_ENGINE``, ``ISNET_INPUT_SIZE``."""
+    def from_settings(cls, settings: Settings, version: ModelVersion, engine: str | None = None,
+                      size: int | None = None) -> Segmenter:
+        """A segmenter of ``version`` with ``ISNET_ENGINE`` and ``ISNET_INPUT_SIZE`` unless given."""
         from backend.isnet.engines import check_engine_name, create_engine
-        from backend.isnet.registry import ModelRegistry
-        from backend.isnet.weights import WeightsError
 
         name = check_engine_name(engine or settings.engine)  # a typo is reported before any loading
         size = check_input_size(size or settings.input_size)
-        try:
-            version = ModelRegistry(settings).current()
-        except FileNotFoundError as exc:  # ISNET_WEIGHTS names a file that is not there
-            raise WeightsError(f"no checkpoint at {exc.filename}; run `isnet weights fetch`") from exc
         return cls(create_engine(name, version, settings, size), size)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -21,7 +21,7 @@ from backend.jobs.preannotate import ChunkOutcome, preannotate_tasks
 from backend.jobs.progress import LocalProgress
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.fetch import ImageFetcher
-from backend.pipeline import TaskPipeline
+from backend.pipeline import Pipelines, TaskPipeline
 from backend.service.inference import DirectInference
 from backend.settings import Settings
 
@@ -29,13 +29,13 @@ log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _runner: LocalRunner | None = None
-_pipeline: TaskPipeline | None = None
+_pipeline: Pipelines | None = None
 
 
 class LocalRunner:
     """A daemon thread working through chunks in order."""
 
-    def __init__(self, settings: Settings, pipeline: TaskPipeline | None = None) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipelines | None = None) -> None:
         self.settings = settings
         self._pipeline = pipeline
         self._queue: queue.Queue[tuple[int, list[int], str]] = queue.Queue()
@@ -75,19 +75,20 @@ class LocalRunner:
         return {**self.progress.snapshot(), "waiting": waiting, "dropped": self.dropped,
                 "chunks_done": self.chunks_done}
 
-    def pipeline(self, client: LabelStudioClient) -> TaskPipeline:
-        """The server's pipeline if attached, else one with a network of its own, loaded on first need."""
+    def pipeline(self, client: LabelStudioClient, project_id: int) -> TaskPipeline:
+        """The project's pipeline: the server's if attached, else one with networks of its own, loaded
+        on first need."""
         if self._pipeline is None:
-            self._pipeline = _pipeline or TaskPipeline(self.settings, DirectInference(self.settings),
-                                                       ImageFetcher(self.settings, client.auth))
-        return self._pipeline
+            self._pipeline = _pipeline or Pipelines(self.settings, DirectInference(self.settings),
+                                                    ImageFetcher(self.settings, client.auth))
+        return self._pipeline.for_project(project_id)
 
     def _run(self) -> None:
         client = LabelStudioClient.from_settings(self.settings)
         while True:
             project_id, part, version = self._queue.get()
             try:
-                preannotate_tasks(project_id, part, client=client, pipeline=self.pipeline(client),
+                preannotate_tasks(project_id, part, client=client, pipeline=self.pipeline(client, project_id),
                                   settings=self.settings, report=self._report, held_version=version)
             except Exception:  # Label Studio down through every retry, or a bug: this chunk only
                 log.exception("in-process pre-annotation of %d task(s) failed", len(part))
@@ -103,13 +104,13 @@ class LocalRunner:
         self.progress.incr(name)
 
 
-def attach_pipeline(pipeline: TaskPipeline | None) -> None:
-    """Let the in-process thread share the server's pipeline (its cache and inference thread)."""
+def attach_pipeline(pipeline: Pipelines | None) -> None:
+    """Let the in-process thread share the server's pipelines (their cache and inference thread)."""
     global _pipeline
     _pipeline = pipeline
 
 
-def runner(settings: Settings, pipeline: TaskPipeline | None = None) -> LocalRunner:
+def runner(settings: Settings, pipeline: Pipelines | None = None) -> LocalRunner:
     """The process's runner, started on first use."""
     global _runner
     with _lock:

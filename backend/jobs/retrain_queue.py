@@ -39,8 +39,9 @@ def force_key(queue_name: str, project_id: int) -> str:
     return f"isnet:{queue_name}:retrain:force:{project_id}"
 
 
-def lock_key(queue_name: str, project_id: int) -> str:
-    return f"isnet:{queue_name}:retrain:lock:{project_id}"
+def lock_key(queue_name: str, lineage: str) -> str:
+    """One running cycle per model lineage (projects that share one take turns)."""
+    return f"isnet:{queue_name}:retrain:lock:{lineage}"
 
 
 def submit(project_id: int, *, force: bool = False, settings: Settings) -> str | None:

@@ -46,9 +46,14 @@ def latest_report(settings: Settings) -> dict[str, Any] | None:
     ``isnet train``) under ``cycle``: stage, step, total, ETA, loss, and at the end the decision (cheap:
     two small files)."""
     from backend.isnet.training.progress import STATUS_FILE
+    from backend.isnet.versions import BASE, lineage_dir
 
     outcome = read_json(datasets_dir(settings) / LATEST_FILE)
-    cycle = read_json(settings.model_dir / STATUS_FILE)
+    lineage = str((outcome or {}).get("lineage") or BASE)
+    try:
+        cycle = read_json(lineage_dir(settings, lineage) / STATUS_FILE)
+    except ValueError:  # a hand-edited outcome naming no valid lineage
+        cycle = None
     if cycle is None:
         return outcome
     return {**(outcome or {}), "cycle": _checked_alive(cycle)}

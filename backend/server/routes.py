@@ -80,16 +80,17 @@ def setup() -> Response:
         state().model.check_label_config(schema)
     token = body.get("access_token")
     state().model.use_label_studio_token(token if isinstance(token, str) else None)
-    return reply({"model_version": state().model.model_version})
+    return reply({"model_version": state().model.model_version(body.get("project"))})
 
 
 @bp.get("/versions")
 def versions() -> Response:
-    """Label Studio's model-version list (``GET /api/ml/{id}/versions`` asks here): every version in
-    the registry, the one ``/setup`` reports first (also given as ``current``)."""
+    """Label Studio's model-version list (``GET /api/ml/{id}/versions`` asks here). Label Studio 1.23
+    sends no project with it, so it lists every lineage's versions, newest first (their names say
+    the lineage); ``current`` is the base lineage's."""
     model = state().model
-    current = model.model_version
-    return reply({"versions": model.watcher.registry.version_names(current), "current": current})
+    current = model.model_version()
+    return reply({"versions": model.watcher.registry.version_names(), "current": current})
 
 
 @bp.post("/predict")

@@ -7,6 +7,11 @@ fight over the same cores and multiply memory), torch releases the GIL while it 
 ``/health`` never touches this thread. Smart-tool prompts go first, then single-task requests
 (an annotator opening a task), then the chunks of a large "Retrieve predictions" batch.
 
+Why models per lineage: every Label Studio project serves its own lineage's current version
+(:mod:`backend.learning.lineages`). A job names its lineage; the thread resolves the version and
+keeps the last ``ISNET_MAX_LOADED_MODELS`` versions loaded, least recently used evicted first, so
+many projects cost bounded memory (projects on the same version share one loaded model).
+
 Why deadlines live here: a job may wait behind others, so only when it starts is it known how
 much of its request's time is left. A job runs as many of its images as the measured
 seconds-per-image says fit, and hands the rest back as ``None`` for the caller to defer.
@@ -20,6 +25,7 @@ import os
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -28,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from backend.isnet.registry import ModelRegistry, ModelVersion
 from backend.isnet.segmenter import Segmenter
+from backend.isnet.versions import BASE, ModelVersion
 from backend.isnet.weights import WeightCache
+from backend.learning.registry import ModelRegistry
 from backend.service.logs import reset_request_id, set_request_id
 from backend.settings import Settings, check_input_size
 
@@ -65,7 +72,8 @@ def _stat_key(path: Path) -> tuple[int, int, int] | None:
 
 
 class VersionWatcher:
-    """``ModelRegistry(settings).current()``, re-read only when a file that decides it changed.
+    """``ModelRegistry(settings, lineage).current()`` per lineage, re-read only when a file that
+    decides it changed (the lineage's pointer, the base's, the weights' manifest).
 
     Every ``/setup`` and ``/predict`` asks for the current version; a few ``stat`` calls make
     that free, while the registry itself may hash a 176 MB checkpoint. A ``CURRENT`` pointer
@@ -76,32 +84,35 @@ class VersionWatcher:
         self.settings = settings
         self.registry = ModelRegistry(settings)
         self._lock = threading.Lock()
-        self._key: tuple[Any, ...] | None = None
-        self._version: ModelVersion | None = None
+        self._known: dict[str, tuple[tuple[Any, ...], ModelVersion]] = {}
         self.last_error: str | None = None
 
-    def _fingerprint(self) -> tuple[Any, ...]:
-        paths = [self.registry.current_file, WeightCache(self.settings).manifest_path]
+    def _fingerprint(self, registry: ModelRegistry) -> tuple[Any, ...]:
+        paths = [*registry.pointer_files, WeightCache(self.settings).manifest_path]
         if self.settings.weights:
             paths.append(Path(self.settings.weights).expanduser())
         return tuple(_stat_key(p) for p in paths)
 
-    def current(self) -> ModelVersion:
-        key = self._fingerprint()
+    def current(self, lineage: str = BASE) -> ModelVersion:
+        registry = self.registry if lineage == BASE else self.registry.for_lineage(lineage)
+        key = self._fingerprint(registry)
         with self._lock:
-            if key == self._key and self._version is not None:
-                return self._version
+            known = self._known.get(lineage)
+            if known is not None and known[0] == key:
+                return known[1]
             try:
-                version = self.registry.current()
+                version = registry.current()
             except (KeyError, OSError, RuntimeError) as exc:
-                if self._version is None:
+                if known is None:
                     raise
                 if self.last_error != str(exc):
-                    log.error("model pointer is broken, still serving %s: %s", self._version.name, exc)
+                    log.error("model pointer of lineage %s is broken, still serving %s: %s", lineage,
+                              known[1].name, exc)
                 self.last_error = str(exc)
-                self._key = key
-                return self._version
-            self._key, self._version, self.last_error = key, version, None
+                self._known[lineage] = (key, known[1])
+                return known[1]
+            self._known[lineage] = (key, version)
+            self.last_error = None
             return version
 
 
@@ -123,18 +134,60 @@ class _Job:
     request_id: str = field(compare=False)
     future: Future = field(compare=False)
     size: int | None = field(default=None, compare=False)
+    lineage: str = field(default=BASE, compare=False)
+
+
+class LoadedModels:
+    """Segmenters by version name, at most ``capacity``, the least recently used evicted first."""
+
+    def __init__(self, settings: Settings, loader: Callable[[Settings, ModelVersion], Segmenter],
+                 capacity: int) -> None:
+        self.settings = settings
+        self._loader = loader
+        self.capacity = max(1, capacity)
+        self._models: OrderedDict[str, Segmenter] = OrderedDict()
+        self.loads = 0
+        self.evictions = 0
+        self.load_seconds: dict[str, float] = {}
+
+    def get(self, version: ModelVersion) -> Segmenter:
+        """The loaded segmenter of ``version``, loading it (and evicting the oldest) when absent."""
+        segmenter = self._models.get(version.name)
+        if segmenter is not None:
+            self._models.move_to_end(version.name)
+            return segmenter
+        started = time.monotonic()
+        segmenter = self._loader(self.settings, version)
+        self.load_seconds[version.name] = round(time.monotonic() - started, 3)
+        self.loads += 1
+        self._models[version.name] = segmenter
+        while len(self._models) > self.capacity:
+            evicted, _ = self._models.popitem(last=False)
+            self.evictions += 1
+            log.info("model %s unloaded (ISNET_MAX_LOADED_MODELS=%d)", evicted, self.capacity)
+        return segmenter
+
+    def peek(self, name: str) -> Segmenter | None:
+        return self._models.get(name)
+
+    def names(self) -> list[str]:
+        """Loaded versions, least recently used first."""
+        return list(self._models)
 
 
 class InferenceService:
-    """Serialises every forward pass on one thread; reloads the segmenter when the version changes."""
+    """Serialises every forward pass on one thread; each job runs its lineage's current version."""
 
     def __init__(self, settings: Settings, watcher: VersionWatcher,
                  loader: Callable[[Settings, ModelVersion], Segmenter] = load_segmenter) -> None:
         self.settings = settings
         self.watcher = watcher
-        self._loader = loader
-        self._version = watcher.current()
-        self._segmenter = loader(settings, self._version)
+        self.models = LoadedModels(settings, loader, settings.max_loaded_models)
+        base = watcher.current()
+        self._segmenter = self.models.get(base)
+        """The base lineage's segmenter: its engine and size describe the service."""
+        self._served: dict[str, ModelVersion] = {BASE: base}
+        """The version each lineage's last job ran with."""
         self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
@@ -169,19 +222,24 @@ class InferenceService:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    @property
-    def model_version(self) -> str:
-        """The version the loaded network is (the next job may reload first)."""
-        return self._version.name
+    def for_lineage(self, lineage: str) -> LineageInference:
+        """This service as one lineage's :class:`backend.pipeline.Inference`."""
+        return LineageInference(self, lineage)
 
-    @property
-    def identity(self) -> tuple[str, str, int]:
+    def model_version(self, lineage: str = BASE) -> str:
+        """The version ``lineage`` is served with: the one its last job ran, else its current one."""
+        served = self._served.get(lineage)
+        return served.name if served is not None else self.watcher.current(lineage).name
+
+    def identity(self, lineage: str = BASE) -> tuple[str, str, int]:
         """(model version, engine, input size): what a cached result must match besides the image.
 
         The version is the one being served now, not the one loaded: after a switch, the next job
         reloads first, so a result cached under the old version must not answer for the new one.
         """
-        return self.watcher.current().name, self._segmenter.engine.name, self._segmenter.size
+        name = self.watcher.current(lineage).name
+        segmenter = self.models.peek(name) or self._segmenter
+        return name, segmenter.engine.name, segmenter.size
 
     def fits(self, count: int, deadline: float) -> int:
         """How many of ``count`` images one job could run before ``deadline`` if it started now."""
@@ -193,21 +251,25 @@ class InferenceService:
         return min(count, int(remaining // self.seconds_per_image))
 
     def predict(self, images: Sequence[np.ndarray], deadline: float, priority: int = PRIORITY_BATCH,
-                request_id: str = "-", size: int | None = None) -> InferenceOutcome:
-        """Masks for ``images`` as one engine batch; blocks until the inference thread is done.
-
-        ``size`` runs the same engine at another input size (interactive crops); the default is
-        the serving size.
+                request_id: str = "-", size: int | None = None, lineage: str = BASE) -> InferenceOutcome:
+        """Masks for ``images`` as one engine batch of ``lineage``'s version; blocks until the
+        inference thread is done. ``size`` runs the same engine at another input size
+        (interactive crops); the default is the serving size.
         """
         if not images:
-            return InferenceOutcome(self.model_version, [])
-        return self._submit(images, deadline, priority, request_id, size).result()
+            return InferenceOutcome(self.model_version(lineage), [])
+        return self._submit(images, deadline, priority, request_id, size, lineage).result()
 
     def describe(self) -> dict[str, Any]:
         busy = self._busy_since
         return {
             **self._segmenter.describe(),
-            "model_version": self._version.name,
+            "model_version": self.model_version(),
+            "loaded_models": self.models.names(),
+            "max_loaded_models": self.models.capacity,
+            "model_loads": self.models.loads,
+            "model_evictions": self.models.evictions,
+            "served": {lineage: v.name for lineage, v in self._served.items()},
             "seconds_per_image": None if self.seconds_per_image is None else round(self.seconds_per_image, 3),
             "queued_jobs": self._queue.qsize(),
             "busy_for_s": None if busy is None else round(time.monotonic() - busy, 1),
@@ -221,10 +283,10 @@ class InferenceService:
     # -- the inference thread -----------------------------------------------------------
 
     def _submit(self, images: Sequence[np.ndarray], deadline: float, priority: int, request_id: str,
-                size: int | None = None) -> Future:
+                size: int | None = None, lineage: str = BASE) -> Future:
         if self._thread is None or not self._thread.is_alive():
             raise RuntimeError("the inference thread is not running")
-        job = _Job(priority, next(self._seq), images, deadline, request_id, Future(), size)
+        job = _Job(priority, next(self._seq), images, deadline, request_id, Future(), size, lineage)
         self._queue.put(job)
         return job.future
 
@@ -244,48 +306,54 @@ class InferenceService:
                 self._busy_since = None
                 reset_request_id(token)
 
-    def _maybe_reload(self) -> None:
-        version = self.watcher.current()
-        if version.name == self._version.name:
-            return
-        log.info("model version changed: %s -> %s; loading it", self._version.name, version.name)
+    def _model_for(self, lineage: str) -> tuple[ModelVersion, Segmenter]:
+        """The lineage's current version, loaded; a version that fails to load keeps the one the
+        lineage ran before (or the base's) in service."""
+        version = self.watcher.current(lineage)
+        before = self._served.get(lineage)
         try:
-            self._segmenter = self._loader(self.settings, version)
+            segmenter = self.models.get(version)
         except Exception:
-            log.exception("could not load %s; still serving %s", version.name, self._version.name)
-            return
-        self._version = version
-        self.reloads += 1
+            fallback = before or self._served[BASE]
+            log.exception("could not load %s; lineage %s still served by %s", version.name, lineage, fallback.name)
+            return fallback, self.models.get(fallback)
+        if before is not None and before.name != version.name:
+            log.info("lineage %s: model version changed: %s -> %s", lineage, before.name, version.name)
+            self.reloads += 1
+        self._served[lineage] = version
+        if lineage == BASE:
+            self._segmenter = segmenter
+        return version, segmenter
 
     def _run_job(self, job: _Job) -> InferenceOutcome:
-        self._maybe_reload()
+        version, segmenter = self._model_for(job.lineage)
         n = len(job.images)
         masks: list[np.ndarray | None] = []
         self._busy_since = start = time.monotonic()
-        if job.size is not None and job.size != self._segmenter.size:
-            return self._run_resized(job, start)
+        if job.size is not None and job.size != segmenter.size:
+            return self._run_resized(job, version, segmenter, start)
         if self.seconds_per_image is None and n > 1 and self.fits(1, job.deadline):
-            masks.extend(self._timed(job.images[:1]))  # nothing measured yet: one image tells the speed
+            masks.extend(self._timed(segmenter, job.images[:1]))  # nothing measured yet: one image tells the speed
         k = self.fits(n - len(masks), job.deadline)
         if k:
-            masks.extend(self._timed(job.images[len(masks):len(masks) + k]))
+            masks.extend(self._timed(segmenter, job.images[len(masks):len(masks) + k]))
         elapsed = time.monotonic() - start
-        return InferenceOutcome(self._version.name, masks + [None] * (n - len(masks)), elapsed)
+        return InferenceOutcome(version.name, masks + [None] * (n - len(masks)), elapsed)
 
-    def _run_resized(self, job: _Job, start: float) -> InferenceOutcome:
+    def _run_resized(self, job: _Job, version: ModelVersion, segmenter: Segmenter, start: float) -> InferenceOutcome:
         """A job at another input size: the same engine, not folded into the serving-size speed."""
         assert job.size is not None
         if time.monotonic() >= job.deadline:
-            return InferenceOutcome(self._version.name, [None] * len(job.images), 0.0)
-        masks = Segmenter(self._segmenter.engine, job.size).predict(job.images)
+            return InferenceOutcome(version.name, [None] * len(job.images), 0.0)
+        masks = Segmenter(segmenter.engine, job.size).predict(job.images)
         self.images_done += len(job.images)
         self.batches_done += 1
-        return InferenceOutcome(self._version.name, list(masks), time.monotonic() - start)
+        return InferenceOutcome(version.name, list(masks), time.monotonic() - start)
 
-    def _timed(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def _timed(self, segmenter: Segmenter, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """One engine batch, folded into the seconds-per-image estimate."""
         start = time.monotonic()
-        masks = self._segmenter.predict(images)
+        masks = segmenter.predict(images)
         elapsed = time.monotonic() - start
         per_image = elapsed / len(images)
         prev = self.seconds_per_image
@@ -296,40 +364,73 @@ class InferenceService:
         return list(masks)
 
 
+class LineageInference:
+    """One lineage's view of an :class:`InferenceService`: what a task pipeline and interactive
+    prompts of one project use, so they never name the lineage themselves."""
+
+    def __init__(self, service: InferenceService, lineage: str) -> None:
+        self.service = service
+        self.lineage = lineage
+
+    @property
+    def model_version(self) -> str:
+        return self.service.model_version(self.lineage)
+
+    @property
+    def identity(self) -> tuple[str, str, int]:
+        return self.service.identity(self.lineage)
+
+    def fits(self, count: int, deadline: float) -> int:
+        return self.service.fits(count, deadline)
+
+    def predict(self, images: Sequence[np.ndarray], deadline: float, priority: int = PRIORITY_BATCH,
+                request_id: str = "-", size: int | None = None) -> InferenceOutcome:
+        return self.service.predict(images, deadline, priority, request_id, size, self.lineage)
+
+
 class DirectInference:
-    """The current registry version (or a pinned one), loaded in this process and run on the
-    caller's thread: what an RQ worker or ``isnet preannotate`` predicts with, where no request
+    """Each lineage's current version (or one pinned version), loaded in this process and run on
+    the caller's thread: what an RQ worker or ``isnet preannotate`` predicts with, where no request
     waits and no queue is needed. It follows the registry like :class:`InferenceService`, so
-    predictions are written under what ``/setup`` reports at that moment."""
+    predictions are written under what ``/setup`` reports for that project at that moment; at
+    most ``ISNET_MAX_LOADED_MODELS`` versions stay loaded."""
 
     def __init__(self, settings: Settings, version: str | None = None) -> None:
         self.settings = settings
         self.watcher = VersionWatcher(settings)
         self._pinned = self.watcher.registry.get(version) if version else None
         self._lock = threading.Lock()
-        self._version = self._pinned or self.watcher.current()
-        self._segmenter = load_segmenter(settings, self._version)
+        self.models = LoadedModels(settings, load_segmenter, settings.max_loaded_models)
 
-    @property
-    def model_version(self) -> str:
-        return (self._pinned or self.watcher.current()).name
+    def _version(self, lineage: str) -> ModelVersion:
+        return self._pinned or self.watcher.current(lineage)
 
-    @property
-    def identity(self) -> tuple[str, str, int]:
-        return self.model_version, self._segmenter.engine.name, self._segmenter.size
+    def for_lineage(self, lineage: str) -> LineageInference:
+        return LineageInference(self, lineage)  # type: ignore[arg-type]
+
+    def model_version(self, lineage: str = BASE) -> str:
+        return self._version(lineage).name
+
+    def identity(self, lineage: str = BASE) -> tuple[str, str, int]:
+        version = self._version(lineage)
+        with self._lock:
+            segmenter = self.models.get(version)
+        return version.name, segmenter.engine.name, segmenter.size
+
+    def fits(self, count: int, deadline: float) -> int:
+        return count  # nothing else waits here
 
     def predict(self, images: Sequence[np.ndarray], deadline: float = 0.0, priority: int = PRIORITY_BACKGROUND,
-                request_id: str = "-", size: int | None = None) -> InferenceOutcome:
+                request_id: str = "-", size: int | None = None, lineage: str = BASE) -> InferenceOutcome:
         """Masks for every image (nothing else is waiting here, so ``deadline`` and ``priority`` do not apply)."""
         started = time.monotonic()
         with self._lock:
-            version = self._pinned or self.watcher.current()
-            if version.name != self._version.name:
-                self._segmenter, self._version = load_segmenter(self.settings, version), version
-            segmenter = self._segmenter if size in (None, self._segmenter.size) else Segmenter(
-                self._segmenter.engine, size)
+            version = self._version(lineage)
+            segmenter = self.models.get(version)
+            if size not in (None, segmenter.size):
+                segmenter = Segmenter(segmenter.engine, size)
             masks = list(segmenter.predict(images)) if images else []
-            return InferenceOutcome(self._version.name, masks, time.monotonic() - started)
+            return InferenceOutcome(version.name, masks, time.monotonic() - started)
 
 
 def _torch_threads() -> int:

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from backend.isnet.engines.base import Engine, EngineError
-from backend.isnet.registry import ModelRegistry, ModelVersion
+from backend.isnet.versions import ModelVersion, VersionStore
 from backend.settings import Settings, check_input_size
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,8 @@ def resolve_engine_name(name: str, version: ModelVersion, size: int) -> str:
 
 def _version_of(checkpoint: Path, settings: Settings) -> ModelVersion:
     """The registry version whose checkpoint this is (for callers that pass a bare path)."""
-    registry = ModelRegistry(settings)
-    candidates = [registry.current(), registry.pretrained(), *registry.list_versions()]
+    store = VersionStore(settings)
+    candidates = [store.pretrained(), *store.list_versions()]
     for version in candidates:
         if version.checkpoint.resolve() == Path(checkpoint).resolve():
             return version

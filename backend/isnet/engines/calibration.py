@@ -20,6 +20,7 @@ from backend.images import IMAGE_SUFFIXES, ImageError, load_image
 from backend.isnet.calibration_sample import sample_dir, sample_images
 from backend.isnet.engines.config import ConfigError, EngineConfig
 from backend.isnet.processing import preprocess
+from backend.isnet.versions import BASE
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,18 +30,18 @@ MIN_SERVED_IMAGES = 16
 """Fewer served images than this (or than ``get_data_num``, if smaller) give ranges too rough to build on."""
 
 
-def calibration_folder(config: EngineConfig, settings: Settings) -> tuple[Path, bool]:
+def calibration_folder(config: EngineConfig, settings: Settings, lineage: str = BASE) -> tuple[Path, bool]:
     """The folder int8 calibrates on, and whether it is the served sample.
 
     In order: ``--calib DIR`` or the build file's ``dataset.path``, ``ISNET_CALIB_DIR``, else the
-    images the backend segmented (:mod:`backend.isnet.calibration_sample`): a fresh install has
-    no other data, and those are the images the engine will serve.
+    images the backend segmented with ``lineage``'s versions (:mod:`backend.isnet.calibration_sample`):
+    a fresh install has no other data, and those are the images the engine will serve.
     """
     if config.calib_dir is not None:
         return config.calib_dir, False
     if settings.calib_dir:
         return Path(settings.calib_dir).expanduser(), False
-    return sample_dir(settings), True
+    return sample_dir(settings, lineage), True
 
 
 def _served_images(folder: Path, config: EngineConfig) -> list[Path]:
@@ -68,14 +69,14 @@ def _folder_images(folder: Path, config: EngineConfig) -> list[Path]:
     return files
 
 
-def select_images(config: EngineConfig, settings: Settings) -> list[Path]:
+def select_images(config: EngineConfig, settings: Settings, lineage: str = BASE) -> list[Path]:
     """``get_data_num`` images spread evenly over the calibration folder's sorted images.
 
     Evenly spread rather than the first N: datasets are often sorted by source or class, and
     the ranges should see all of it. The choice is deterministic, so a rebuild is identical.
     Which folder: :func:`calibration_folder`.
     """
-    folder, served = calibration_folder(config, settings)
+    folder, served = calibration_folder(config, settings, lineage)
     files = _served_images(folder, config) if served else _folder_images(folder, config)
     count = min(config.calib_num, len(files))
     return [files[i * len(files) // count] for i in range(count)]

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from backend import atomic
-from backend.isnet.registry import ModelVersion
+from backend.isnet.versions import ModelVersion
 
 MEASUREMENTS_FILE = "engine-measurements.json"
 FALLBACK = "onnx-fp32"

@@ -37,7 +37,7 @@ import numpy as np
 from backend import atomic
 from backend.isnet.engines.base import EngineError
 from backend.isnet.engines.config import FORMAT, EngineConfig, default_config
-from backend.isnet.registry import ModelVersion
+from backend.isnet.versions import ModelVersion
 from backend.isnet.weights import sha256_file
 from backend.settings import Settings
 
@@ -186,7 +186,8 @@ class EngineStore:
         """Build ``config`` for this version unless a verified identical file exists; return its path."""
         from backend.isnet.engines import calibration
 
-        images = calibration.select_images(config, self.settings) if config.dtype == "int8" else []
+        int8 = config.dtype == "int8"
+        images = calibration.select_images(config, self.settings, self.version.lineage) if int8 else []
         fingerprint = calibration.fingerprint(images) if images else ""
         dst = self.path_for(config, fingerprint)
         # fp16 and int8 are made from the fp32 export; get it before taking the lock.

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
+from backend import atomic
 from backend.isnet.training.data import Pair
-from backend.isnet.training.history import write_json_atomic
 from backend.isnet.training.options import TrainOptions
 from backend.isnet.weights import save_torch_atomic
 
@@ -134,7 +134,7 @@ class GTEncoderCache:
         self.root.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
         save_torch_atomic(state, self.root / f"{key}.pth")
-        write_json_atomic(self.root / f"{key}.json", {
+        atomic.write_strict_json(self.root / f"{key}.json", {
             "recipe": recipe_hash, "masks": sorted(set(hashes)), "max_f": result.get("max_f"),
             "reached": result.get("reached"), "steps": result.get("steps"),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})

@@ -201,9 +201,6 @@ class TrainOptions:
             raise ValueError(f"holdout fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.checkpoint_every < 1 or self.gt_check_every < 1:
             raise ValueError("checkpoint_every and gt_check_every must be at least 1")
-        from backend.isnet.training.promotion import parse_rule
-
-        parse_rule(self.promote_rule)
 
     def geometry(self, step: int) -> tuple[int, int, float]:
         """``(side, crop, min_scale)`` of training step ``step``: whole images at the step's scale

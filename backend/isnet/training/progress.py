@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from backend import atomic
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -105,13 +107,11 @@ class StatusWriter:
 
     def write(self, fields: dict[str, Any]) -> None:
         """Merge ``fields`` into the base record and replace the file (never raises: it is a display)."""
-        from backend.isnet.training.history import write_json_atomic
-
         record = {**self.base, "pid": os.getpid(), "host": socket.gethostname(),
                   "started": _iso(self.started), "updated": _iso(time.time()),
                   "elapsed_s": round(time.time() - self.started, 1), **fields}
         with contextlib.suppress(OSError):
-            write_json_atomic(self.path, record, fsync=False)  # a display, rewritten every second
+            atomic.write_strict_json(self.path, record, fsync=False)  # a display, rewritten every second
 
 
 def _iso(stamp: float) -> str:

@@ -1,9 +1,10 @@
 """The history of retraining cycles: one record per cycle, a JSON file and a plot.
 
 Why derived from the version directories: each cycle writes its record into its own
-immutable version (``metrics.json``); the history is rebuilt from those, so a worker killed
-between two files can never leave the history and the versions disagreeing, and deleting a
-version removes it from the history too.
+immutable version (``cycle.json``; versions written before it existed have ``metrics.json``); the
+history is rebuilt from those, so a worker killed between two files can never leave the history
+and the versions disagreeing, and deleting a version removes it from the history too. Each
+lineage has its own history: a project is never judged, or shown, through another's cycles.
 """
 
 from __future__ import annotations
@@ -17,37 +18,35 @@ from typing import Any
 from backend import atomic
 
 PLOTTED = ("mae", "avgfmeasure", "sm")
+CYCLE_FILE = "cycle.json"
 METRICS_FILE = "metrics.json"
+"""The record's name in versions written before ``cycle.json`` was the one record."""
 HISTORY_JSON = "history.json"
 HISTORY_PLOT = "history.png"
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: a metric that could not be computed is written as ``null``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def write_json_atomic(path: Path, data: Any, *, fsync: bool = True) -> None:
-    """``data`` as strict JSON (NaN written as ``null``), replacing ``path`` atomically."""
-    atomic.write_json(path, _finite(data), end="\n", default=str, allow_nan=False, fsync=fsync)
-
-
-def collect(version_dirs: Iterable[Path]) -> list[dict[str, Any]]:
-    """Cycle records of the given version directories, oldest first (unreadable ones skipped)."""
-    records = []
-    for directory in version_dirs:
+def read_record(directory: Path) -> dict[str, Any] | None:
+    """A version's cycle record (``cycle.json``, else an older version's ``metrics.json``), or None."""
+    for name in (CYCLE_FILE, METRICS_FILE):
         try:
-            record = json.loads((directory / METRICS_FILE).read_text())
+            record = json.loads((directory / name).read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(record, dict) and "challenger" in record and "champion" in record:
-            records.append(record)
+        if isinstance(record, dict) and isinstance(record.get("challenger"), dict) \
+                and isinstance(record.get("champion"), dict):
+            return record
+    return None
+
+
+def collect(version_dirs: Iterable[Path], lineage: str | None = None) -> list[dict[str, Any]]:
+    """Cycle records of the given version directories, oldest first (unreadable ones skipped);
+    with ``lineage``, only that lineage's (a record without one is the base lineage's)."""
+    records = []
+    for directory in version_dirs:
+        record = read_record(directory)
+        if record is None or (lineage is not None and record.get("lineage", "base") != lineage):
+            continue
+        records.append(record)
     return sorted(records, key=lambda r: (str(r.get("created", "")), str(r.get("version", ""))))
 
 
@@ -99,7 +98,7 @@ def write_history(records: Sequence[dict[str, Any]], directory: Path, current: s
         for r in records
     ]
     json_path = directory / HISTORY_JSON
-    write_json_atomic(json_path, {"cycles": rows})
+    atomic.write_strict_json(json_path, {"cycles": rows})
     plot_path = directory / HISTORY_PLOT
     plot_history(rows, plot_path)
     return [json_path, plot_path]

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from backend.isnet.registry import ModelVersion
+from backend.learning.registry import ModelVersion
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)

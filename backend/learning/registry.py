@@ -1,24 +1,22 @@
-"""Model versions: which weights are served, under which name.
+"""Which model version each lineage serves, and how that changes: promote, use, roll back.
 
-Why a registry: Label Studio decides whether a task needs predicting again by comparing
-``model_version`` strings, engines are cached per version, and retraining promotes new
-versions. Everything that needs "the current model" asks here.
+Why lineages: Label Studio keeps a ``model_version`` per project and names the project in every
+call, and one project's house rule (stems left out of butterflies) must never reach another's
+masks. So every project has a lineage of its own (``p<id>``; several projects may share one,
+:mod:`backend.learning.lineages`), and a lineage that has never switched follows the **base**
+lineage: the pretrained weights, or what ``isnet model use --base`` set. Everything that needs
+"the current model" of a project asks ``ModelRegistry(settings, lineage)``.
 
-Layout under ``MODEL_DIR``::
+Layout (see :mod:`backend.isnet.versions`): versions are shared (any version may seed any
+lineage); each lineage has its own ``CURRENT`` and ``switches.json``, the base's at the top of
+``MODEL_DIR`` exactly where a single-model ``MODEL_DIR`` kept them, so an existing one keeps
+serving what it served, now as the base.
 
-    versions/<name>/checkpoint.pth   immutable once written (plus metrics, engines, ...)
-    CURRENT                          the promoted version's name (replaced atomically)
-    switches.json                    every switch of CURRENT, and the stack ``rollback`` pops
-
-With no promoted version, the pretrained weights from the cache are served as
-``isnet-pretrained-<first 12 hex of their sha256>``.
-
-"Previous" for :meth:`ModelRegistry.rollback`: every switch (a cycle's promotion or
-``isnet model use``) pushes the version it replaces; a rollback pops the most recent one that
-still exists, so repeated rollbacks walk back through the versions served before, and
-``use`` goes forward again. A ``MODEL_DIR`` without that record (one written before it
-existed, or a hand-edited ``CURRENT``) rolls back to the version the current one was trained
-from (its cycle's champion).
+"Previous" for :meth:`ModelRegistry.rollback`: every switch (a cycle's promotion or ``isnet model
+use``) pushes the version it replaces; a rollback pops the most recent one that still exists, so
+repeated rollbacks walk back through the versions served before. A project lineage's first
+switch pushes "follow the base", so rolling it back far enough makes it follow the base again.
+A lineage without that record rolls back to the version the current one was trained from.
 """
 
 from __future__ import annotations
@@ -26,9 +24,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
-import secrets
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -36,27 +31,30 @@ from pathlib import Path
 from typing import Any
 
 from backend import atomic
-from backend.isnet.weights import WeightCache, WeightsError, sha256_file
+from backend.isnet.versions import (
+    BASE,
+    CHECKPOINT_FILE,
+    LINEAGES_DIR,
+    ModelVersion,
+    VersionStore,
+    check_lineage,
+    lineage_dir,
+    lineage_of,
+)
+from backend.isnet.weights import WeightsError
+from backend.learning.history import read_record
 from backend.settings import Settings
 
-PRETRAINED_PREFIX = "isnet-pretrained-"
-CHECKPOINT_FILE = "checkpoint.pth"
 CURRENT_FILE = "CURRENT"
-TRAINED_PREFIX = "isnet-ft-"
 SWITCHES_FILE = "switches.json"
 LOCK_FILE = ".switch.lock"
-METRICS_FILE = "metrics.json"
-"""Each retraining cycle's record in its version directory (see ``backend.isnet.training.history``)."""
+FOLLOW_BASE = ""
+"""On a project lineage's rollback stack: "follow the base lineage again"."""
 MAX_SWITCHES = 200
 """Switches kept in ``switches.json`` (and depth of the rollback stack): enough for any audit."""
 
-
-@dataclass(frozen=True)
-class ModelVersion:
-    name: str
-    checkpoint: Path
-    directory: Path
-    """Where artefacts for this version (engines, reports) are written."""
+__all__ = ["BASE", "CHECKPOINT_FILE", "ModelRegistry", "ModelVersion", "NoPreviousVersion", "PromotionConflict",
+           "VersionInfo"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +72,7 @@ class VersionInfo:
     """Its held-out metrics at ``size``, as its cycle measured them."""
     size: int | None = None
     promoted_by_cycle: bool | None = None
+    lineage: str = BASE
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,16 +82,8 @@ class NoPreviousVersion(LookupError):
     """``rollback`` found no earlier version to go back to; the message says why."""
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def _digest(path: Path) -> str:
-    """sha256 of a checkpoint, memoised on (path, mtime, size): ``/versions`` asks often."""
-    st = path.stat()
-    key = (str(path), st.st_mtime_ns, st.st_size)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = sha256_file(path)
-    return _DIGESTS[key]
+class PromotionConflict(RuntimeError):
+    """The lineage's current version is no longer the one a cycle was judged against."""
 
 
 def _utc_mtime(path: Path) -> str | None:
@@ -111,52 +102,62 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 class ModelRegistry:
-    def __init__(self, settings: Settings) -> None:
+    """One lineage's view of the shared versions: its current one, its switches, its rollback."""
+
+    def __init__(self, settings: Settings, lineage: str = BASE) -> None:
         self.settings = settings
+        self.lineage = check_lineage(lineage) if lineage != BASE else BASE
+        self.store = VersionStore(settings)
         self.root = settings.model_dir
+        self.home = lineage_dir(settings, self.lineage)
+
+    def for_lineage(self, lineage: str) -> ModelRegistry:
+        return ModelRegistry(self.settings, lineage)
 
     @property
     def versions_dir(self) -> Path:
-        return self.root / "versions"
+        return self.store.versions_dir
 
     @property
     def current_file(self) -> Path:
-        return self.root / CURRENT_FILE
+        return self.home / CURRENT_FILE
 
     @property
     def switches_file(self) -> Path:
-        return self.root / SWITCHES_FILE
+        return self.home / SWITCHES_FILE
+
+    @property
+    def pointer_files(self) -> list[Path]:
+        """The files whose change can change what this lineage serves (its own and the base's pointer)."""
+        base = self.root / CURRENT_FILE
+        return [self.current_file] if self.current_file == base else [self.current_file, base]
 
     def pretrained(self) -> ModelVersion:
-        cache = WeightCache(self.settings)
-        checkpoint = cache.path()
-        digest = _digest(checkpoint) if self.settings.weights else cache.manifest()["checkpoint_sha256"]
-        name = PRETRAINED_PREFIX + digest[:12]
-        return ModelVersion(name, checkpoint, self.versions_dir / name)
+        return self.store.pretrained()
 
     def get(self, name: str) -> ModelVersion:
-        """The version called ``name``; ``KeyError`` saying where it was looked for if there is none.
+        return self.store.get(name)
 
-        Retrained versions are looked up first, so they resolve even without pretrained weights.
-        A name is one plain directory name: hidden ones (a cycle's staging area) and paths are refused.
-        """
-        if not name or name.startswith(".") or "/" in name or os.sep in name:
-            raise KeyError(f"{name!r} is not a model version name")
-        directory = self.versions_dir / name
-        checkpoint = directory / CHECKPOINT_FILE
-        if checkpoint.is_file():
-            return ModelVersion(name, checkpoint, directory)
-        if name.startswith(PRETRAINED_PREFIX):
-            pre = self.pretrained()
-            if name == pre.name:
-                return pre
-        raise KeyError(f"no model version {name!r} in {self.versions_dir}")
+    def list_versions(self) -> list[ModelVersion]:
+        return self.store.list_versions()
 
-    def current_name(self) -> str | None:
+    def own_current_name(self) -> str | None:
+        """What this lineage's own ``CURRENT`` names; None while it follows the base."""
         try:
             return self.current_file.read_text().strip() or None
         except FileNotFoundError:
             return None
+
+    @property
+    def follows_base(self) -> bool:
+        return self.lineage != BASE and self.own_current_name() is None
+
+    def current_name(self) -> str | None:
+        """The promoted version's name: the lineage's own, else (a project lineage) the base's."""
+        own = self.own_current_name()
+        if own or self.lineage == BASE:
+            return own
+        return ModelRegistry(self.settings).current_name()
 
     def current(self) -> ModelVersion:
         """The promoted version, or the pretrained weights when nothing was promoted."""
@@ -173,8 +174,11 @@ class ModelRegistry:
             return self.pretrained().name
         return None
 
-    def promote(self, name: str, how: str = "promote") -> ModelVersion:
-        """Make ``name`` current with one atomic rename; servers notice on their next request.
+    def promote(self, name: str, how: str = "promote", expected: str | None = None) -> ModelVersion:
+        """Make ``name`` this lineage's current version with one atomic rename; servers notice on
+        their next request. ``expected``: the champion a cycle was judged against; when another
+        version is current by now (a rollback, a ``use`` or another cycle meanwhile), nothing
+        changes and :class:`PromotionConflict` says what is current.
 
         The version it replaces is pushed onto the rollback stack (``how`` names the switch in
         ``switches.json``: ``promote`` for a cycle, ``use`` for ``isnet model use``).
@@ -182,12 +186,17 @@ class ModelRegistry:
         version = self.get(name)
         with self._switch_lock():
             before = self.current_or_pretrained_name()
-            if before == name:
+            if expected is not None and before != expected:
+                raise PromotionConflict(f"{before} is current in lineage {self.lineage}, not {expected} that "
+                                        f"{name} was judged against; {name} is kept but not promoted")
+            following = self.follows_base
+            if before == name and not following:
                 return version
             atomic.write_text(self.current_file, name + "\n")
             record = self.switches()
-            if before:
-                record["previous"] = [*record["previous"], before][-MAX_SWITCHES:]
+            pushed = FOLLOW_BASE if following else before
+            if pushed is not None:
+                record["previous"] = [*record["previous"], pushed][-MAX_SWITCHES:]
             self._log_switch(record, before, name, how)
         return version
 
@@ -203,14 +212,19 @@ class ModelRegistry:
             stack = record["previous"]
             while stack:
                 name = stack.pop()
+                if name == FOLLOW_BASE and self.lineage != BASE:
+                    self.current_file.unlink(missing_ok=True)
+                    self._log_switch(record, before, self.current_or_pretrained_name() or "", "rollback to base")
+                    return self.current(), before
                 if name != before and self._exists(name):
                     return self._switch_back(record, before, name), before
             parent = self.info(before).parent if before and self._exists(before) else None
-            if parent and parent != before and self._exists(parent):
+            if parent and parent != before and self._exists(parent) and not self.follows_base:
                 return self._switch_back(record, before, parent), before
+        follows = " (it follows the base lineage; roll that back with --base)" if self.follows_base else ""
         raise NoPreviousVersion(
-            f"nothing to roll back to: no earlier current version is recorded in {self.switches_file} "
-            f"and {before or 'the current version'} was not trained from another version"
+            f"nothing to roll back to in lineage {self.lineage}{follows}: no earlier current version is recorded "
+            f"in {self.switches_file} and {before or 'the current version'} was not trained from another version"
         )
 
     def switches(self) -> dict[str, Any]:
@@ -233,9 +247,9 @@ class ModelRegistry:
 
     @contextlib.contextmanager
     def _switch_lock(self) -> Iterator[None]:
-        """One switch at a time (a cycle promoting while someone runs ``isnet model use``)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK_FILE, "w") as fh:
+        """One switch of this lineage at a time (a cycle promoting while someone runs ``isnet model use``)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / LOCK_FILE, "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             yield
 
@@ -246,34 +260,31 @@ class ModelRegistry:
             return False
         return True
 
-    def list_versions(self) -> list[ModelVersion]:
-        """Complete versions under ``versions/``, oldest name first (trained names sort by time).
+    def lineages(self) -> list[str]:
+        """The base and every lineage that has a directory of its own."""
+        folder = self.root / LINEAGES_DIR
+        found = sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
+        return [BASE, *found]
 
-        Hidden directories (a cycle's ``.staging-*`` work in progress) are never versions.
-        """
-        if not self.versions_dir.is_dir():
-            return []
-        found = []
-        for directory in sorted(self.versions_dir.iterdir()):
-            if directory.name.startswith(".") or not (directory / CHECKPOINT_FILE).is_file():
-                continue
-            found.append(ModelVersion(directory.name, directory / CHECKPOINT_FILE, directory))
-        return found
-
-    def catalogue(self, current: str | None = None) -> list[VersionInfo]:
-        """Every version: ``current`` first (default: the registry's), the other retrained ones
-        newest first, the pretrained weights last. Without usable pretrained weights they are
-        left out rather than failing the list."""
+    def catalogue(self, current: str | None = None, only_lineage: bool = False) -> list[VersionInfo]:
+        """Versions: ``current`` first (default: this lineage's), the other retrained ones newest
+        first, the pretrained weights last; ``only_lineage`` keeps this lineage's own versions (and
+        the current one). Without usable pretrained weights they are left out rather than failing."""
         current = current or self.current_or_pretrained_name()
         infos = [self._info(v, current) for v in self.list_versions()]
+        if only_lineage:
+            infos = [i for i in infos if i.lineage == self.lineage or i.current]
         infos.sort(key=lambda i: (i.created or "", i.name), reverse=True)
         with contextlib.suppress(WeightsError, OSError, KeyError):
             infos.append(self._pretrained_info(self.pretrained(), current))
-        return sorted(infos, key=lambda i: not i.current)
+        return sorted(infos, key=lambda i: not i.current)  # stable: newest first after the current one
 
-    def version_names(self, current: str | None = None) -> list[str]:
-        """The names of :meth:`catalogue`, in its order: what Label Studio's version list shows."""
-        return [info.name for info in self.catalogue(current)]
+    def version_names(self) -> list[str]:
+        """Every lineage's versions, newest first, the pretrained weights last: what Label Studio's
+        version list shows (it asks without a project)."""
+        infos = self.catalogue()
+        trained = sorted((i for i in infos if not i.pretrained), key=lambda i: (i.created or "", i.name), reverse=True)
+        return [i.name for i in trained] + [i.name for i in infos if i.pretrained]
 
     def info(self, name: str) -> VersionInfo:
         """One version's description; ``KeyError`` for an unknown name."""
@@ -289,8 +300,8 @@ class ModelRegistry:
 
     @staticmethod
     def _info(version: ModelVersion, current: str | None) -> VersionInfo:
-        """A retrained version's description, from its cycle's ``metrics.json`` where there is one."""
-        record = _read_json(version.directory / METRICS_FILE)
+        """A retrained version's description, from its cycle's record where there is one."""
+        record = read_record(version.directory) or {}
         champion = record.get("champion") if isinstance(record.get("champion"), dict) else {}
         challenger = record.get("challenger") if isinstance(record.get("challenger"), dict) else {}
         decision = record.get("decision") if isinstance(record.get("decision"), dict) else {}
@@ -304,11 +315,9 @@ class ModelRegistry:
             metrics=metrics,
             size=record.get("size"),
             promoted_by_cycle=decision.get("promote") if decision else None,
+            lineage=str(record.get("lineage") or lineage_of(version.name)),
         )
 
-    def new_version_name(self, prefix: str = TRAINED_PREFIX) -> str:
-        """A fresh, sortable name: ``isnet-ft-YYYYmmdd-HHMMSS-<6 hex>`` (UTC), unused so far."""
-        while True:
-            name = f"{prefix}{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
-            if not (self.versions_dir / name).exists():
-                return name
+    def new_version_name(self) -> str:
+        """A fresh, sortable name in this lineage: ``isnet-[<lineage>-]ft-YYYYmmdd-HHMMSS-<6 hex>`` (UTC)."""
+        return self.store.new_name(self.lineage)

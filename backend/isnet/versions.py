@@ -1,0 +1,136 @@
+"""What a model version is on disk: a checkpoint in a directory of its own, named by its lineage.
+
+Why here and not with the registry: engines are built and cached per version, and the served
+calibration sample is kept per lineage, so ISNet itself must know where a version's files and a
+lineage's files live. Which version a lineage serves (its ``CURRENT`` pointer, switches,
+promotion) is the retraining application's business: :mod:`backend.learning.registry`.
+
+Layout under ``MODEL_DIR``::
+
+    versions/<name>/checkpoint.pth   every lineage's versions, immutable once written
+    lineages/<lineage>/              a project lineage's pointer, switches, status, history, sample
+    CURRENT, switches.json, ...      the base lineage's (where a single-model MODEL_DIR kept them)
+
+Names: ``isnet-pretrained-<12 hex of the sha256>`` for the pretrained weights,
+``isnet-ft-<UTC time>-<6 hex>`` for the base lineage's retrained versions and
+``isnet-<lineage>-ft-<UTC time>-<6 hex>`` for another lineage's (``isnet-p7-ft-...`` for project 7).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.isnet.weights import WeightCache, sha256_file
+from backend.settings import Settings
+
+PRETRAINED_PREFIX = "isnet-pretrained-"
+TRAINED_PREFIX = "isnet-ft-"
+CHECKPOINT_FILE = "checkpoint.pth"
+BASE = "base"
+"""The lineage every project without one of its own follows (and requests without a project)."""
+LINEAGES_DIR = "lineages"
+_LINEAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,39}$")
+_TRAINED_NAME = re.compile(r"^isnet-([a-z0-9][a-z0-9_]{0,39})-ft-\d{8}-\d{6}-[0-9a-f]+$")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    checkpoint: Path
+    directory: Path
+    """Where artefacts for this version (engines, reports) are written."""
+
+    @property
+    def lineage(self) -> str:
+        return lineage_of(self.name)
+
+
+def check_lineage(name: str) -> str:
+    """A lineage name: lower-case letters, digits and ``_``, at most 40 (it goes into version names)."""
+    if not _LINEAGE_NAME.match(name) or name in ("ft", "pretrained"):
+        raise ValueError(f"{name!r} is not a lineage name: use lower-case letters, digits and _ (at most 40)")
+    return name
+
+
+def lineage_of(version_name: str) -> str:
+    """The lineage a version's name says it was trained in (the pretrained weights are the base's)."""
+    match = _TRAINED_NAME.match(version_name)
+    return match.group(1) if match else BASE
+
+
+def lineage_dir(settings: Settings, lineage: str) -> Path:
+    """Where a lineage keeps its files: ``MODEL_DIR`` itself for the base (a single-model MODEL_DIR
+    written before lineages existed is the base lineage unchanged), else ``MODEL_DIR/lineages/<name>``."""
+    return settings.model_dir if lineage == BASE else settings.model_dir / LINEAGES_DIR / check_lineage(lineage)
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _digest(path: Path) -> str:
+    """sha256 of a checkpoint, memoised on (path, mtime, size): ``/versions`` asks often."""
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
+
+
+class VersionStore:
+    """Every version under ``MODEL_DIR/versions``, and the pretrained weights as a version."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.versions_dir = settings.model_dir / "versions"
+
+    def pretrained(self) -> ModelVersion:
+        cache = WeightCache(self.settings)
+        checkpoint = cache.path()
+        digest = _digest(checkpoint) if self.settings.weights else cache.manifest()["checkpoint_sha256"]
+        name = PRETRAINED_PREFIX + digest[:12]
+        return ModelVersion(name, checkpoint, self.versions_dir / name)
+
+    def get(self, name: str) -> ModelVersion:
+        """The version called ``name``; ``KeyError`` saying where it was looked for if there is none.
+
+        Retrained versions are looked up first, so they resolve even without pretrained weights.
+        A name is one plain directory name: hidden ones (a cycle's staging area) and paths are refused.
+        """
+        if not name or name.startswith(".") or "/" in name or os.sep in name:
+            raise KeyError(f"{name!r} is not a model version name")
+        directory = self.versions_dir / name
+        checkpoint = directory / CHECKPOINT_FILE
+        if checkpoint.is_file():
+            return ModelVersion(name, checkpoint, directory)
+        if name.startswith(PRETRAINED_PREFIX):
+            pre = self.pretrained()
+            if name == pre.name:
+                return pre
+        raise KeyError(f"no model version {name!r} in {self.versions_dir}")
+
+    def list_versions(self) -> list[ModelVersion]:
+        """Complete versions under ``versions/``, oldest name first (trained names sort by time).
+
+        Hidden directories (a cycle's ``.staging-*`` work in progress) are never versions.
+        """
+        if not self.versions_dir.is_dir():
+            return []
+        found = []
+        for directory in sorted(self.versions_dir.iterdir()):
+            if directory.name.startswith(".") or not (directory / CHECKPOINT_FILE).is_file():
+                continue
+            found.append(ModelVersion(directory.name, directory / CHECKPOINT_FILE, directory))
+        return found
+
+    def new_name(self, lineage: str = BASE) -> str:
+        """A fresh, sortable name in ``lineage`` (UTC time and 6 random hex digits), unused so far."""
+        prefix = TRAINED_PREFIX if lineage == BASE else f"isnet-{check_lineage(lineage)}-ft-"
+        while True:
+            name = f"{prefix}{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+            if not (self.versions_dir / name).exists():
+                return name
