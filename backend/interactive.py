@@ -24,7 +24,6 @@ import numpy as np
 from backend.isnet.prompting import segment_object
 from backend.labelstudio.config import BrushTarget
 from backend.labelstudio.prompts import PromptError, parse_prompts
-from backend.labelstudio.results import brush_result
 from backend.labelstudio.tasks import image_url, task_label
 from backend.pipeline import TaskPipeline
 from backend.service.inference import PRIORITY_PROMPT
@@ -109,7 +108,7 @@ class InteractiveAnnotator:
         for obj in prompts.objects:
             prob = segment_object(image, predict, obj.box, obj.clicks, self.settings.threshold,
                                   self.settings.interactive_margin, whole)
-            result, score = brush_result(prob, _with_label(target, obj.label), self.settings.threshold)
+            result, score = pipeline.brush(prob, _with_label(target, obj.label))
             regions.extend(result)
             if result:
                 scores.append(score)

@@ -33,11 +33,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from backend.interactive import InteractiveAnnotator, has_prompts
+from backend.isnet.versions import BASE
 from backend.jobs import hooks
 from backend.jobs.retrain_status import latest_report
 from backend.labelstudio.config import BrushTarget, LabelConfigError, parse_label_config
 from backend.labelstudio.fetch import ImageFetcher
-from backend.learning.lineages import lineage_for
+from backend.learning.lineages import lineage_for, shared_with
+from backend.learning.registry import ModelRegistry
 from backend.pipeline import LOAD_ERRORS, Pipelines, TaskImage, TaskPipeline
 from backend.service.inference import PRIORITY_BATCH, PRIORITY_INTERACTIVE, InferenceService, VersionWatcher
 from backend.service.logs import current_request_id
@@ -51,6 +53,7 @@ __all__ = ["ISNetModel", "LabelConfigError"]
 TRAINING_EVENTS = frozenset(
     {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING", "TASKS_CREATED"}
 )
+PROJECT_DELETED = "PROJECT_DELETED"
 FETCH_THREADS = 4
 MAX_EVENTS = 100
 
@@ -93,9 +96,14 @@ class ISNetModel:
                 hooks.attach_pipeline(self.pipelines)
             if self.interactive is None:
                 self.interactive = InteractiveAnnotator(self.settings)
-        return self.model_version(project)
+        return self.version_for(project)
 
-    def model_version(self, project: Any = None) -> str:
+    @property
+    def model_version(self) -> str:
+        """The base lineage's current version: what a request without a project is served."""
+        return self.version_for(None)
+
+    def version_for(self, project: Any) -> str:
         """What ``/setup`` reports for ``project``: its lineage's current version (a cheap ``stat``
         between calls); without a project, the base lineage's."""
         return self.watcher.current(lineage_for(project, self.settings)).name
@@ -172,32 +180,48 @@ class ISNetModel:
         """Record a Label Studio event and hand it to the background; returns at once.
 
         ``TASKS_CREATED`` becomes pre-annotation jobs; annotation events and ``START_TRAINING``
-        one coalesced retraining job per project (:mod:`backend.jobs.retrain_queue`).
+        one coalesced retraining job per project (:mod:`backend.jobs.retrain_queue`);
+        ``PROJECT_DELETED`` retires the project's lineage (its versions stay on disk).
         """
         project = data.get("project")
         project_id = project.get("id") if isinstance(project, dict) else project
         project_id = project_id if isinstance(project_id, int) else None
         self.events.append({"action": event, "project": project_id, "time": time.time()})
         self.stats.incr(f"webhook.{event if event in TRAINING_EVENTS else 'other'}")
+        if event == PROJECT_DELETED and project_id is not None:
+            return self._retire(project_id)
         if event not in TRAINING_EVENTS:
             return {"status": "ignored", "action": event}
         if event == "TASKS_CREATED":  # pre-annotated under the version /setup reports now for that project
-            data = {**data, "model_version": self.model_version(project_id)}
+            data = {**data, "model_version": self.version_for(project_id)}
         # "queued", or "skipped" and why (no API key, no tasks...); QueueUnavailable: /webhook answers 503
         return hooks.enqueue_event(event, project_id, data, self.settings).answer(event)
+
+    def _retire(self, project_id: int) -> dict[str, Any]:
+        """A deleted project's lineage stops being served (unless other projects share it)."""
+        lineage = lineage_for(project_id, self.settings)
+        others = [p for p in shared_with(lineage, self.settings) if p != project_id]
+        if lineage == BASE or others:
+            return {"status": "ignored", "action": PROJECT_DELETED,
+                    "reason": f"lineage {lineage} serves other projects"}
+        retired = ModelRegistry(self.settings, lineage).retire()
+        if self.service is not None:
+            self.service.forget(lineage)
+        log.info("project %s deleted: lineage %s retired (was serving %s)", project_id, lineage, retired)
+        return {"status": "retired", "action": PROJECT_DELETED, "lineage": lineage, "version": retired}
 
     # -- metrics --------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
         """Engine, device and version for ``/health``."""
         info = self.service.describe() if self.service else {}
-        return {"model_version": self.model_version(), "engine": info.get("engine"),
+        return {"model_version": self.model_version, "engine": info.get("engine"),
                 "device": info.get("device") or self.settings.device,
                 "precision": info.get("precision"), "input_size": info.get("input_size")}
 
     def metrics(self) -> dict[str, Any]:
         return {
-            "model_version": self.model_version(),
+            "model_version": self.model_version,
             "model_pointer_error": self.watcher.last_error,
             "inference": self.service.describe() if self.service else None,
             "cache": self._cache_metrics(),

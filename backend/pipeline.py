@@ -3,10 +3,12 @@
     fetch -> hash -> cache -> decode -> segment -> brush result
 
 ``/predict`` (:class:`backend.model.ISNetModel`), background pre-annotation (the in-process
-thread and the RQ workers), ``isnet preannotate`` and smart-tool prompts (fetch and decode) all
-go through :class:`TaskPipeline`. Why one: a task must be predicted the same way whoever asks,
-and within a process a result computed for one caller answers the others from one cache, keyed
-by the image bytes' sha256, model version, engine, input size and threshold.
+thread and the RQ workers), ``isnet preannotate`` and smart-tool prompts (fetch, decode, brush
+result) all go through :class:`TaskPipeline`; the training export reads a task's image and its
+annotation's mask through the same fetch and decode (:class:`TaskImages`). Why one: a task must
+be predicted the same way whoever asks, and within a process a result computed for one caller
+answers the others from one cache, keyed by the image bytes' sha256, model version, engine, input
+size and threshold.
 
 What runs the network is given (:class:`Inference`): one lineage's view of the server's
 inference thread, where callers queue by priority, or of networks loaded in a worker process.
@@ -29,7 +31,7 @@ from backend.isnet import calibration_sample
 from backend.isnet.versions import lineage_of
 from backend.labelstudio.config import BrushTarget
 from backend.labelstudio.fetch import FetchError, ImageFetcher
-from backend.labelstudio.results import brush_result
+from backend.labelstudio.results import annotation_mask, brush_result
 from backend.labelstudio.tasks import TaskImageError, image_url, task_label
 from backend.learning.lineages import lineage_for
 from backend.service.cache import CacheKey, ResultCache
@@ -92,23 +94,15 @@ def _result_bytes(result: list[dict[str, Any]]) -> int:
     return 1024 + sum(8 * len(r.get("value", {}).get("rle", ())) for r in result)
 
 
-class TaskPipeline:
-    """Predicts Label Studio tasks: :meth:`load` each task's image, then :meth:`run` them in one batch."""
+class TaskImages:
+    """A task's image fetched and decoded under every limit: written once, for predictions,
+    prompts and the training export alike."""
 
-    def __init__(self, settings: Settings, inference: Inference, fetcher: ImageFetcher,
-                 cache: ResultCache | None = None, stats: Stats | None = None) -> None:
+    def __init__(self, settings: Settings, fetcher: ImageFetcher) -> None:
         self.settings = settings
-        self.inference = inference
         self.fetcher = fetcher
-        self.cache = cache if cache is not None else ResultCache(int(settings.cache_mb * 1024 * 1024))
-        self.stats = stats or Stats()
 
-    @property
-    def model_version(self) -> str:
-        """The version predictions are made with now."""
-        return self.inference.identity[0]
-
-    def _fetch(self, task: dict[str, Any], target: BrushTarget) -> tuple[str, bytes]:
+    def fetch(self, task: dict[str, Any], target: BrushTarget) -> tuple[str, bytes]:
         """(URL, bytes) of the task's image; :class:`TaskImageError` says why not."""
         url = image_url(task, target).strip()
         task_id = task.get("id")
@@ -117,26 +111,65 @@ class TaskPipeline:
         except FetchError as exc:
             raise TaskImageError(f"{task_label(task)}: {exc}") from exc
 
-    def _decode(self, task: dict[str, Any], url: str, raw: bytes) -> np.ndarray:
+    def decode(self, task: dict[str, Any], url: str, raw: bytes) -> np.ndarray:
+        """``H x W x 3`` RGB ``uint8``; :class:`ImageError` names the task and URL when it cannot be used."""
         return load_image(raw, self.settings.max_pixels, name=f"{task_label(task)} ({url})")
+
+    def image(self, task: dict[str, Any], target: BrushTarget) -> np.ndarray:
+        """The task's image; :class:`TaskImageError` or :class:`ImageError` says why not."""
+        return self.decode(task, *self.fetch(task, target))
+
+    def pair(self, task: dict[str, Any], annotation: dict[str, Any], target: BrushTarget
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """A training pair: the task's image and its annotation's mask (0/255) at the image's size.
+
+        ``ValueError`` when the annotation has no brush region for the tag or its size differs
+        from the image's; :data:`LOAD_ERRORS` when the image cannot be used."""
+        mask = annotation_mask(annotation, target.from_name)
+        image = self.image(task, target)
+        if image.shape[:2] != mask.shape:
+            raise ValueError(f"mask {mask.shape} does not match image {image.shape[:2]}")
+        return image, mask
+
+
+class TaskPipeline:
+    """Predicts Label Studio tasks: :meth:`load` each task's image, then :meth:`run` them in one batch."""
+
+    def __init__(self, settings: Settings, inference: Inference, fetcher: ImageFetcher,
+                 cache: ResultCache | None = None, stats: Stats | None = None) -> None:
+        self.settings = settings
+        self.inference = inference
+        self.fetcher = fetcher
+        self.images = TaskImages(settings, fetcher)
+        self.cache = cache if cache is not None else ResultCache(int(settings.cache_mb * 1024 * 1024))
+        self.stats = stats or Stats()
+
+    @property
+    def model_version(self) -> str:
+        """The version predictions are made with now."""
+        return self.inference.identity[0]
 
     def decode(self, task: dict[str, Any], target: BrushTarget) -> np.ndarray:
         """The task's image, decoded under every limit (smart-tool prompts need the pixels)."""
-        return self._decode(task, *self._fetch(task, target))
+        return self.images.image(task, target)
+
+    def brush(self, mask: np.ndarray, target: BrushTarget) -> tuple[list[dict[str, Any]], float]:
+        """A mask (or confidence) as the brush result and score Label Studio shows (smart-tool answers)."""
+        return brush_result(mask, target, self.settings.threshold)
 
     def load(self, task: dict[str, Any], target: BrushTarget) -> TaskImage:
         """Fetch and hash a task's image; decode it only when its result is not cached.
 
         Raises :class:`TaskImageError` or :class:`ImageError` for an image that cannot be used.
         """
-        url, raw = self._fetch(task, target)
+        url, raw = self.images.fetch(task, target)
         version, engine, size = self.inference.identity
         key = CacheKey(hashlib.sha256(raw).hexdigest(), version, engine, size, float(self.settings.threshold))
         hit = self.cache.get(key)
         if hit is not None:
             result, score = hit
             return TaskImage(key, Prediction(_retarget(result, target), score, version, cached=True), None)
-        return TaskImage(key, None, self._decode(task, url, raw))
+        return TaskImage(key, None, self.images.decode(task, url, raw))
 
     def run(self, tasks: Sequence[dict[str, Any]], loaded: Sequence[TaskImage | Exception], target: BrushTarget,
             deadline: float, priority: int, request_id: str = "-", strict: bool = False) -> list[Prediction | None]:

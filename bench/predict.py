@@ -26,6 +26,7 @@ from backend.images import load_image
 from backend.isnet.processing import postprocess, preprocess
 from backend.isnet.segmenter import Segmenter
 from backend.isnet.weights import WeightCache
+from backend.learning.registry import ModelRegistry
 from backend.settings import load
 
 IMAGES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "dis-demo" / "images"
@@ -65,7 +66,7 @@ def main() -> None:
     ref = per_image(reference_session(settings), images, args.reps)
     print(f"reference onnxruntime fp16 graph @1024: {ref:.3f} s/image")
     for size in (320, 1024):
-        seg = Segmenter.from_settings(settings, engine=args.engine, size=size)
+        seg = Segmenter.from_settings(settings, ModelRegistry(settings).current(), engine=args.engine, size=size)
         ours = per_image(seg.predict_one, images, args.reps)
         print(f"isnet ({seg.engine.name}, {seg.engine.precision}) @{size}: {ours:.3f} s/image, "
               f"reference@1024 / ours = {ref / ours:.2f}x")

@@ -43,6 +43,7 @@ from PIL import Image
 from backend.images import load_image
 from backend.isnet.processing import preprocess
 from backend.isnet.segmenter import Segmenter
+from backend.learning.registry import ModelRegistry
 from backend.settings import load
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -80,11 +81,12 @@ def file_server(root: Path):
 
 
 @contextlib.contextmanager
-def backend(size: int, label_studio_url: str, threads: int):
+def backend(size: int, label_studio_url: str, threads: int, **overrides: str):
+    """``isnet serve`` with its result cache off, up and warm; ``overrides``: more environment."""
     port = free_port()
     env = {**os.environ, "ISNET_INPUT_SIZE": str(size), "ISNET_CACHE_MB": "0", "THREADS": str(threads),
            "ISNET_PREDICT_BUDGET": "3600", "LABEL_STUDIO_URL": label_studio_url, "LABEL_STUDIO_API_KEY": "",
-           "LOG_LEVEL": "WARNING"}
+           "LOG_LEVEL": "WARNING", **overrides}
     proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--port", str(port)], env=env,
                             cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
@@ -116,10 +118,10 @@ def worker_peak_mib(master_pid: int) -> float:
     return peak
 
 
-def predict(url: str, image: Path = IMAGE, task_id: int = 1) -> float:
+def predict(url: str, image: Path = IMAGE, task_id: int = 1, project: str | None = None) -> float:
     """Seconds one single-task ``/predict`` took; it must answer a region at the image's full size."""
     body = {"tasks": [{"id": task_id, "data": {"image": "/" + str(image.relative_to(SHARED))}}],
-            "label_config": CONFIG}
+            "label_config": CONFIG, **({"project": project} if project else {})}
     start = time.perf_counter()
     response = requests.post(url + "/predict", json=body, timeout=3600)
     elapsed = time.perf_counter() - start
@@ -147,7 +149,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = load()
-    segmenter = Segmenter.from_settings(settings, size=args.size)
+    segmenter = Segmenter.from_settings(settings, ModelRegistry(settings).current(), size=args.size)
     batch = preprocess(load_image(IMAGE, settings.max_pixels), args.size)[None]
     segmenter.engine.predict(batch)  # warm-up
 

@@ -180,7 +180,8 @@ class Predictions:
         if path.exists():
             return np.asarray(Image.open(path))
         if self._segmenter is None:
-            self._segmenter = Segmenter.from_settings(self.settings, engine=self.engine, size=self.size)
+            version = ModelRegistry(self.settings).current()
+            self._segmenter = Segmenter.from_settings(self.settings, version, engine=self.engine, size=self.size)
         start = time.perf_counter()
         mask = self._segmenter.predict_one(load_image(image, self.settings.max_pixels))
         self.seconds, self.computed = self.seconds + time.perf_counter() - start, self.computed + 1

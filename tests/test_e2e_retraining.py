@@ -1,7 +1,8 @@
 """End to end against a real Label Studio 1.23: brush annotations made in Label Studio, then
 "Start training" (``POST /api/ml/{id}/train``, which sends ``START_TRAINING`` to the webhook), give a
-retraining cycle on the annotations as Label Studio exports them, a promoted version, and that
-version reported by ``/setup`` and listed in Label Studio's model versions.
+retraining cycle on the annotations as Label Studio exports them, a promoted version in the project's
+own lineage, and that version reported by ``/setup`` for the project and listed in Label Studio's
+model versions.
 
 The weights are irrelevant to what is checked (the plumbing), so the network is an untrained
 ISNet at 128 and the cycle takes two steps; the real learning runs are in ``bench/`` and README.md.
@@ -36,8 +37,9 @@ def brush(mask_path) -> dict:
             "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": ["Foreground"]}}
 
 
-def setup_version(url: str) -> str:
-    return requests.post(url + "/setup", json={"schema": CONFIG}, timeout=5).json()["model_version"]
+def setup_version(url: str, project: int | None = None) -> str:
+    body = {"schema": CONFIG, **({"project": f"{project}.1700000000"} if project is not None else {})}
+    return requests.post(url + "/setup", json=body, timeout=5).json()["model_version"]
 
 
 def test_annotations_then_start_training_give_a_new_version_that_setup_reports(
@@ -53,7 +55,7 @@ def test_annotations_then_start_training_give_a_new_version_that_setup_reports(
     images = sorted((DUTS_TR / "images").iterdir())[:ANNOTATED]
     task_ids = label_studio.upload_images(project, images)
     ml = label_studio.connect_backend(project, backend.url)
-    pretrained = setup_version(backend.url)
+    pretrained = setup_version(backend.url, project)
     for task_id, image in zip(task_ids, images, strict=True):
         label_studio.annotate(task_id, [brush(DUTS_TR / "masks" / f"{image.stem}.png")])
 
@@ -61,7 +63,7 @@ def test_annotations_then_start_training_give_a_new_version_that_setup_reports(
 
     deadline = time.monotonic() + CYCLE_TIMEOUT_S
     while time.monotonic() < deadline:  # the version switches just before the outcome is recorded
-        version = setup_version(backend.url)
+        version = setup_version(backend.url, project)
         report = requests.get(backend.url + "/metrics", timeout=5).json()["retraining"] or {}
         if version != pretrained and report.get("status") not in (None, "running"):
             break
@@ -70,4 +72,6 @@ def test_annotations_then_start_training_give_a_new_version_that_setup_reports(
     assert report["status"] == "promoted" and report["version"] == version, report
     assert report["project"] == project and report["used"] == ANNOTATED  # every annotation, as exported
     assert report["trained_on"] + report["held_out"] == ANNOTATED and report["steps"] == 2, report
+    assert version.startswith(f"isnet-p{project}-ft-") and report["lineage"] == f"p{project}"
+    assert setup_version(backend.url) == pretrained  # the base, and so every other project, is unchanged
     assert label_studio.api("GET", f"/api/ml/{ml['id']}/versions")["versions"][0] == version

@@ -28,7 +28,8 @@ from backend.labelstudio.auth import LabelStudioAuth, is_personal_access_token
 from backend.labelstudio.config import BrushTarget
 from backend.labelstudio.fetch import FetchError, ImageFetcher, presign_url
 from backend.labelstudio.hosts import BlockedURL, HostPolicy, parse_rule
-from backend.labelstudio.tasks import TaskImageError, image_url, load_task_image
+from backend.labelstudio.tasks import TaskImageError, image_url
+from backend.pipeline import LOAD_ERRORS, TaskImages
 from backend.settings import Settings, load
 from tests.paths import DIS_DEMO_IMAGES
 
@@ -576,7 +577,7 @@ TARGET = BrushTarget(from_name="tag", to_name="image", value_key="image", label=
 
 def test_task_image_is_fetched_and_decoded_to_rgb(ls, settings):
     task = {"id": 1, "data": {"image": "/data/upload/1/img.png"}}
-    image = load_task_image(task, TARGET, fetcher(settings()), max_pixels=10**6)
+    image = TaskImages(settings(), fetcher(settings())).image(task, TARGET)
     assert image.shape == (24, 32, 3) and image.dtype == np.uint8
 
 
@@ -595,7 +596,7 @@ def test_task_without_the_image_field_names_the_key_and_what_it_has():
     ],
 )
 def test_task_image_that_cannot_be_used_is_one_error_naming_task_and_reason(bucket, settings, path, reason):
-    images = fetcher(settings(allowed_hosts=(f"127.0.0.1:{bucket.port}",)))
+    limited = settings(allowed_hosts=(f"127.0.0.1:{bucket.port}",), max_pixels=5000)
     task = {"id": 9, "data": {"image": f"{bucket.url}{path}"}}
-    with pytest.raises(TaskImageError, match=rf"^task 9: .*{reason}"):
-        load_task_image(task, TARGET, images, max_pixels=5000)
+    with pytest.raises(LOAD_ERRORS, match=rf"^task 9\b.*{reason}"):
+        TaskImages(limited, fetcher(limited)).image(task, TARGET)

@@ -124,7 +124,8 @@ def test_fit_records_an_event_and_answers_what_became_of_it_at_once(model):
 
 def test_the_token_setup_carries_reaches_the_fetcher_the_pipeline_uses(model):
     model.use_label_studio_token("0123456789abcdef0123456789abcdef01234567")
-    assert model.pipeline.fetcher.auth.headers() == {"Authorization": "Token 0123456789abcdef0123456789abcdef01234567"}
+    token = {"Authorization": "Token 0123456789abcdef0123456789abcdef01234567"}
+    assert model.pipeline(7).fetcher.auth.headers() == model.pipeline().fetcher.auth.headers() == token
 
 
 def test_a_configured_api_key_is_not_replaced_by_the_token_setup_carries(settings):

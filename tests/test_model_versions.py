@@ -116,7 +116,7 @@ def setup_version(client) -> str:
 
 def test_the_list_puts_the_current_version_first_then_the_newest_and_the_pretrained_weights_last(registry):
     pretrained = registry.pretrained().name
-    assert registry.version_names() == [pretrained, NEW, OLD]
+    assert registry.version_names() == [NEW, OLD, pretrained]  # what /versions lists: newest first
     registry.promote(OLD)
     infos = registry.catalogue()
     assert [i.name for i in infos] == [OLD, NEW, pretrained]
@@ -135,12 +135,12 @@ def test_a_version_without_a_cycle_record_is_listed_with_its_checkpoint_time(reg
 # -- GET /versions ------------------------------------------------------------------------------------
 
 
-def test_versions_answers_every_name_with_the_version_setup_reports_first(client, registry):
+def test_versions_answers_every_name_newest_first_and_the_pretrained_weights_last(client, registry):
     body = client.get("/versions").get_json()
     assert set(body) == {"versions", "current"}
     assert all(isinstance(v, str) for v in body["versions"])  # Label Studio shows each as a menu entry
-    assert body["versions"] == [registry.pretrained().name, NEW, OLD]
-    assert body["current"] == body["versions"][0] == setup_version(client)
+    assert body["versions"] == [NEW, OLD, registry.pretrained().name]  # it asks without a project: every lineage's
+    assert body["current"] == setup_version(client) == registry.pretrained().name
 
 
 # -- isnet model use / rollback on a running backend ----------------------------------------------
@@ -210,12 +210,14 @@ def test_model_list_marks_the_current_version_and_shows_recorded_metrics(registr
     registry.promote(NEW)
     assert main(["model", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:2] == ["VERSION", "CREATED"]
-    assert lines[1].startswith("*") and NEW in lines[1] and "0.0500" in lines[1] and OLD in lines[1]
-    assert not lines[2].startswith("*") and OLD in lines[2]
+    assert lines[0] == f"lineage base: current {NEW}"
+    assert lines[1].split()[:2] == ["VERSION", "CREATED"]
+    assert lines[2].startswith("*") and NEW in lines[2] and "0.0500" in lines[2] and OLD in lines[2]
+    assert not lines[3].startswith("*") and OLD in lines[3]
     assert main(["model", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [(v["name"], v["current"]) for v in listed][:2] == [(NEW, True), (OLD, False)]
+    assert listed["current"] == NEW and listed["lineage"] == "base"
+    assert [(v["name"], v["current"]) for v in listed["versions"]][:2] == [(NEW, True), (OLD, False)]
 
 
 def test_after_a_switch_a_repeated_image_is_answered_under_the_new_version(client, registry, new_image):
@@ -283,10 +285,65 @@ def test_label_studio_lists_the_versions_and_a_rollback_reaches_setup_and_new_pr
     assert proc.returncode == 0, proc.stderr
     assert f"rolled back to {OLD}" in proc.stdout
     wait_for_setup(backend.url, OLD)
-    assert label_studio.api("GET", f"/api/ml/{ml['id']}/versions")["versions"][0] == OLD
+    assert label_studio.api("GET", f"/api/ml/{ml['id']}")["model_version"] == OLD
 
     second = max(label_studio.upload_images(project, [DIS_DEMO_IMAGES / "bike.jpeg"]))
     assert set(wait_for_predictions(label_studio, project, second)) == {OLD}  # auto-annotation of the import
     retrieve(label_studio, project, [first])  # Label Studio predicts again what it holds under another version
     assert sorted(p["model_version"] for p in label_studio.predictions(project) if p["task"] == first) == [OLD, NEW]
     assert backend.process.poll() is None  # the same server process all along
+
+
+# -- a MODEL_DIR written before lineages ----------------------------------------------------------
+
+
+def test_an_existing_model_dir_keeps_serving_its_current_version_to_every_project(client, registry):
+    # The registry fixture wrote the old layout: versions/*/metrics.json, then CURRENT and switches.json.
+    registry.promote(OLD, how="use")
+    registry.promote(NEW)
+    assert setup_version(client) == NEW  # project 1 has no lineage of its own: it follows the base
+    assert client.post("/setup", json={"project": "42.17", "schema": CONFIG}).get_json()["model_version"] == NEW
+    assert ModelRegistry(registry.settings, "p42").follows_base
+
+
+def test_an_existing_model_dir_keeps_its_switch_history_and_its_records(registry, capsys):
+    registry.promote(OLD, how="use")
+    registry.promote(NEW)
+    assert main(["model", "rollback"]) == 0 and registry.current_name() == OLD  # switches.json still counts
+    (info,) = [i for i in registry.catalogue() if i.name == NEW]
+    assert info.metrics == {"mae": 0.05, "sm": 0.90, "avgfmeasure": 0.80} and info.lineage == "base"
+
+
+# -- lineages through the command line --------------------------------------------------------------
+
+
+def test_use_for_a_project_changes_that_project_only(client, registry, capsys):
+    assert main(["model", "use", "--project", "1", NEW]) == 0
+    assert setup_version(client) == NEW
+    assert client.post("/setup", json={"project": "2.17", "schema": CONFIG}).get_json()["model_version"] \
+        == registry.pretrained().name
+    assert main(["model", "list", "--project", "1", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["current"] == NEW and listed["lineage"] == "p1" and not listed["follows_base"]
+
+
+def test_rollback_for_a_project_returns_it_to_the_base(client, registry, capsys):
+    assert main(["model", "use", "--project", "1", NEW]) == 0
+    assert main(["model", "rollback", "--project", "1"]) == 0
+    assert "following the base lineage again" in capsys.readouterr().out
+    assert setup_version(client) == registry.pretrained().name
+
+
+def test_a_project_mapped_to_a_shared_lineage_says_so(registry, capsys, monkeypatch):
+    monkeypatch.setenv("ISNET_PROJECT_LINEAGES", "1=shop,2=shop")
+    assert main(["model", "use", "--project", "1", OLD]) == 0
+    assert "shares lineage shop with project(s) 2" in capsys.readouterr().err
+    assert ModelRegistry(registry.settings, "shop").current_name() == OLD
+
+
+def test_a_deleted_project_stops_being_served_and_its_versions_stay(client, registry):
+    assert main(["model", "use", "--project", "1", NEW]) == 0
+    assert setup_version(client) == NEW
+    answer = client.post("/webhook", json={"action": "PROJECT_DELETED", "project": {"id": 1}}).get_json()
+    assert (answer["status"], answer["version"], answer["lineage"]) == ("retired", NEW, "p1")
+    assert ModelRegistry(registry.settings, "p1").follows_base and (registry.versions_dir / NEW).is_dir()

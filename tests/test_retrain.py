@@ -17,8 +17,10 @@ from backend.jobs.retrain_status import latest_report, project_dir
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.config import parse_label_config
 from backend.labelstudio.fetch import ImageFetcher
+from backend.labelstudio.results import annotation_mask
+from backend.pipeline import TaskImages
 from tests.retrain_helpers import BRUSH_CONFIG, PROJECT, add_duts_tasks, annotation, brush, settings_for
-from worker.export import annotation_mask, export_tasks, write_snapshot
+from worker.export import export_tasks, write_snapshot
 from worker.retrain import retrain_project
 
 
@@ -35,8 +37,8 @@ def settings(ls, random_checkpoint, tmp_path):
 def snapshot(ls, settings, tmp_path):
     client = LabelStudioClient.from_settings(settings)
     tasks = export_tasks(client, PROJECT)
-    return write_snapshot(tasks, parse_label_config(BRUSH_CONFIG), ImageFetcher(settings, client.auth),
-                          settings.max_pixels, tmp_path / "snap", PROJECT)
+    images = TaskImages(settings, ImageFetcher(settings, client.auth))
+    return write_snapshot(tasks, parse_label_config(BRUSH_CONFIG), images, tmp_path / "snap", PROJECT)
 
 
 def test_the_export_becomes_a_snapshot_of_pairs_and_a_manifest_naming_tasks_and_annotations(ls, settings, tmp_path):
@@ -79,7 +81,7 @@ def test_the_latest_non_cancelled_annotation_is_used_and_its_brush_regions_are_o
                                      annotation(3, [brush(right)], "2026-01-03T00:00:00Z", cancelled=True)]}
     chosen = latest_annotation(task, target)
     assert chosen is not None and chosen["id"] == 2
-    assert (annotation_mask(chosen, target) == (left | right)).all()
+    assert (annotation_mask(chosen, target.from_name) == (left | right)).all()
 
 
 def test_a_cycle_is_skipped_below_the_minimum_of_new_labels_and_the_skip_is_reported(ls, settings):

@@ -20,15 +20,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
-from backend.images import ImageError
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.config import BrushTarget
-from backend.labelstudio.fetch import FetchError, ImageFetcher
-from backend.labelstudio.results import result_to_mask
-from backend.labelstudio.tasks import TaskImageError, load_task_image
+from backend.pipeline import LOAD_ERRORS, TaskImages
 
 log = logging.getLogger(__name__)
 
@@ -104,26 +100,11 @@ def labels_of(tasks: list[dict[str, Any]], target: BrushTarget) -> dict[int, tup
     return found
 
 
-def annotation_mask(annotation: dict[str, Any], target: BrushTarget) -> np.ndarray:
-    """The union of the annotation's brush regions for the tag, 0/255; ``ValueError`` if none decodes."""
-    mask: np.ndarray | None = None
-    for result in annotation.get("result") or []:
-        if not isinstance(result, dict) or result.get("from_name") != target.from_name:
-            continue
-        if result.get("type", "brushlabels") != "brushlabels":
-            continue
-        region = result_to_mask(result) > 127
-        if mask is not None and mask.shape != region.shape:
-            raise ValueError("brush regions of different sizes in one annotation")
-        mask = region if mask is None else (mask | region)
-    if mask is None:
-        raise ValueError(f"no brush result for {target.from_name!r}")
-    return mask.astype(np.uint8) * 255
+def write_snapshot(tasks: list[dict[str, Any]], target: BrushTarget, images: TaskImages, root: Path,
+                   project_id: int) -> Snapshot:
+    """Fetch, decode and write each task's pair under a new ``root/<timestamp>``; the manifest last.
 
-
-def write_snapshot(tasks: list[dict[str, Any]], target: BrushTarget, fetcher: ImageFetcher, max_pixels: int,
-                   root: Path, project_id: int) -> Snapshot:
-    """Fetch, decode and write each task's pair under a new ``root/<timestamp>``; the manifest last."""
+    Images are fetched and decoded by the task pipeline's own :class:`TaskImages`."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     snap = Snapshot(root / stamp, project_id)
     snap.images.mkdir(parents=True)
@@ -131,18 +112,12 @@ def write_snapshot(tasks: list[dict[str, Any]], target: BrushTarget, fetcher: Im
     for task_id, (label, annotation) in sorted(labels_of(tasks, target).items()):
         task = next(t for t in tasks if t.get("id") == task_id)
         try:
-            mask = annotation_mask(annotation, target)
-        except (ValueError, TypeError, KeyError) as exc:
-            snap.skipped.append({"task": task_id, "annotation": label.annotation_id, "reason": f"annotation: {exc}"})
-            continue
-        try:
-            image = load_task_image(task, target, fetcher, max_pixels)
-        except (TaskImageError, ImageError, FetchError) as exc:
+            image, mask = images.pair(task, annotation, target)
+        except LOAD_ERRORS as exc:  # first: an image that cannot be decoded is a ValueError too
             snap.skipped.append({"task": task_id, "annotation": label.annotation_id, "reason": f"image: {exc}"})
             continue
-        if image.shape[:2] != mask.shape:
-            snap.skipped.append({"task": task_id, "annotation": label.annotation_id,
-                                 "reason": f"mask {mask.shape} does not match image {image.shape[:2]}"})
+        except (ValueError, TypeError, KeyError) as exc:
+            snap.skipped.append({"task": task_id, "annotation": label.annotation_id, "reason": f"annotation: {exc}"})
             continue
         name = f"task-{task_id}"
         _save_png(Image.fromarray(image), snap.images / f"{name}.png")

@@ -40,6 +40,7 @@ from backend.jobs.retrain_status import (
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.config import parse_label_config
 from backend.labelstudio.fetch import ImageFetcher
+from backend.pipeline import TaskImages
 from backend.settings import Settings, load
 from worker.export import export_tasks, labels_of, write_snapshot
 
@@ -87,7 +88,7 @@ def retrain_project(project_id: int, *, force: bool = False, settings: Settings,
                        if labels else "no annotated tasks")
         return _record(settings, folder, state, outcome)
 
-    snap = write_snapshot(tasks, target, ImageFetcher(settings, client.auth), settings.max_pixels, folder,
+    snap = write_snapshot(tasks, target, TaskImages(settings, ImageFetcher(settings, client.auth)), folder,
                           project_id)
     outcome.update(dataset=str(snap.directory), used=len(snap.used), skipped=snap.skipped)
     if not snap.used:

@@ -83,6 +83,25 @@ def prediction_score(mask_u8: np.ndarray, threshold: float) -> float:
     return float(np.clip(counts @ _DECISIVENESS / rows.size, 0.0, 1.0))
 
 
+def annotation_mask(annotation: Mapping[str, Any], from_name: str) -> np.ndarray:
+    """The union of an annotation's brush regions for the tag ``from_name``, 0/255 ``uint8``.
+
+    ``ValueError`` when none decodes or two have different sizes."""
+    mask: np.ndarray | None = None
+    for result in annotation.get("result") or []:
+        if not isinstance(result, Mapping) or result.get("from_name") != from_name:
+            continue
+        if result.get("type", "brushlabels") != "brushlabels":
+            continue
+        region = result_to_mask(result) > 127
+        if mask is not None and mask.shape != region.shape:
+            raise ValueError("brush regions of different sizes in one annotation")
+        mask = region if mask is None else (mask | region)
+    if mask is None:
+        raise ValueError(f"no brush result for {from_name!r}")
+    return mask.astype(np.uint8) * 255
+
+
 def result_to_mask(result: Mapping[str, Any]) -> np.ndarray:
     """A brush result (from an annotation or a prediction) as its ``H x W`` ``uint8`` alpha mask.
 

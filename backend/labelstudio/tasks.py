@@ -1,9 +1,8 @@
-"""A Label Studio task's image as an RGB array, or one error that says why not.
+"""Where a Label Studio task's image is, or one error that says why not.
 
 Why: ``/predict`` must answer every task of a batch. A task whose image is missing,
-unreachable, refused by the guard, not an image, truncated or too large gets an empty
-prediction and a logged reason, and the batch goes on; the server catches one exception
-type, :class:`TaskImageError`, for all of those.
+unreachable or refused by the guard gets an empty prediction and a logged reason, and the batch
+goes on. Fetching and decoding are :class:`backend.pipeline.TaskImages`.
 """
 
 from __future__ import annotations
@@ -11,11 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
-from backend.images import ImageError, load_image
 from backend.labelstudio.config import BrushTarget
-from backend.labelstudio.fetch import FetchError, ImageFetcher
 
 
 class TaskImageError(Exception):
@@ -41,14 +36,3 @@ def image_url(task: Mapping[str, Any], target: BrushTarget) -> str:
     if not isinstance(url, str) or not url.strip():
         raise TaskImageError(f"{task_label(task)}: data[{target.value_key!r}] is not an image URL: {url!r}")
     return url
-
-
-def load_task_image(task: Mapping[str, Any], target: BrushTarget, fetcher: ImageFetcher, max_pixels: int) -> np.ndarray:
-    """``H x W x 3`` RGB ``uint8``: the task's image fetched and decoded under all limits."""
-    url = image_url(task, target)
-    task_id = task.get("id")
-    try:
-        data = fetcher.fetch(url, task_id=task_id if isinstance(task_id, int) else None)
-        return load_image(data, max_pixels, name=url)
-    except (FetchError, ImageError) as exc:
-        raise TaskImageError(f"{task_label(task)}: {exc}") from exc

@@ -47,6 +47,7 @@ from backend.settings import Settings
 
 CURRENT_FILE = "CURRENT"
 SWITCHES_FILE = "switches.json"
+RETIRED_FILE = "RETIRED"
 LOCK_FILE = ".switch.lock"
 FOLLOW_BASE = ""
 """On a project lineage's rollback stack: "follow the base lineage again"."""
@@ -110,21 +111,12 @@ class ModelRegistry:
         self.store = VersionStore(settings)
         self.root = settings.model_dir
         self.home = lineage_dir(settings, self.lineage)
+        self.versions_dir = self.store.versions_dir
+        self.current_file = self.home / CURRENT_FILE
+        self.switches_file = self.home / SWITCHES_FILE
 
     def for_lineage(self, lineage: str) -> ModelRegistry:
         return ModelRegistry(self.settings, lineage)
-
-    @property
-    def versions_dir(self) -> Path:
-        return self.store.versions_dir
-
-    @property
-    def current_file(self) -> Path:
-        return self.home / CURRENT_FILE
-
-    @property
-    def switches_file(self) -> Path:
-        return self.home / SWITCHES_FILE
 
     @property
     def pointer_files(self) -> list[Path]:
@@ -226,6 +218,21 @@ class ModelRegistry:
             f"nothing to roll back to in lineage {self.lineage}{follows}: no earlier current version is recorded "
             f"in {self.switches_file} and {before or 'the current version'} was not trained from another version"
         )
+
+    def retire(self) -> str | None:
+        """Stop serving this project lineage (its project was deleted): its pointer is set aside as
+        ``RETIRED`` and the lineage follows the base again; its versions stay for retention to remove.
+        The version it served, or None when it had none of its own."""
+        if self.lineage == BASE:
+            raise ValueError("the base lineage cannot be retired")
+        with self._switch_lock():
+            own = self.own_current_name()
+            if own is None:
+                return None
+            atomic.write_text(self.home / RETIRED_FILE, own + "\n")
+            self.current_file.unlink(missing_ok=True)
+            self._log_switch(self.switches(), own, self.current_or_pretrained_name() or "", "retire")
+            return own
 
     def switches(self) -> dict[str, Any]:
         """``{"previous": [names, oldest first], "switches": [{"at", "from", "to", "how"}, ...]}``."""

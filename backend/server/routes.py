@@ -80,7 +80,7 @@ def setup() -> Response:
         state().model.check_label_config(schema)
     token = body.get("access_token")
     state().model.use_label_studio_token(token if isinstance(token, str) else None)
-    return reply({"model_version": state().model.model_version(body.get("project"))})
+    return reply({"model_version": state().model.version_for(body.get("project"))})
 
 
 @bp.get("/versions")
@@ -89,7 +89,7 @@ def versions() -> Response:
     sends no project with it, so it lists every lineage's versions, newest first (their names say
     the lineage); ``current`` is the base lineage's."""
     model = state().model
-    current = model.model_version()
+    current = model.model_version
     return reply({"versions": model.watcher.registry.version_names(), "current": current})
 
 

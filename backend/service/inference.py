@@ -167,6 +167,9 @@ class LoadedModels:
             log.info("model %s unloaded (ISNET_MAX_LOADED_MODELS=%d)", evicted, self.capacity)
         return segmenter
 
+    def drop(self, name: str) -> None:
+        self._models.pop(name, None)
+
     def peek(self, name: str) -> Segmenter | None:
         return self._models.get(name)
 
@@ -189,6 +192,7 @@ class InferenceService:
         self._served: dict[str, ModelVersion] = {BASE: base}
         """The version each lineage's last job ran with."""
         self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
+        self._retired: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -226,12 +230,20 @@ class InferenceService:
         """This service as one lineage's :class:`backend.pipeline.Inference`."""
         return LineageInference(self, lineage)
 
-    def model_version(self, lineage: str = BASE) -> str:
+    @property
+    def model_version(self) -> str:
+        return self.version_of(BASE)
+
+    @property
+    def identity(self) -> tuple[str, str, int]:
+        return self.identity_of(BASE)
+
+    def version_of(self, lineage: str) -> str:
         """The version ``lineage`` is served with: the one its last job ran, else its current one."""
         served = self._served.get(lineage)
         return served.name if served is not None else self.watcher.current(lineage).name
 
-    def identity(self, lineage: str = BASE) -> tuple[str, str, int]:
+    def identity_of(self, lineage: str) -> tuple[str, str, int]:
         """(model version, engine, input size): what a cached result must match besides the image.
 
         The version is the one being served now, not the one loaded: after a switch, the next job
@@ -257,14 +269,26 @@ class InferenceService:
         (interactive crops); the default is the serving size.
         """
         if not images:
-            return InferenceOutcome(self.model_version(lineage), [])
+            return InferenceOutcome(self.version_of(lineage), [])
         return self._submit(images, deadline, priority, request_id, size, lineage).result()
+
+    def forget(self, lineage: str) -> None:
+        """A retired lineage: its version is unloaded (by the inference thread, before its next job)
+        unless another lineage still runs it."""
+        if lineage != BASE:
+            self._retired.put(lineage)
+
+    def _unload_retired(self) -> None:
+        while not self._retired.empty():
+            gone = self._served.pop(self._retired.get(), None)
+            if gone is not None and all(v.name != gone.name for v in self._served.values()):
+                self.models.drop(gone.name)
 
     def describe(self) -> dict[str, Any]:
         busy = self._busy_since
         return {
             **self._segmenter.describe(),
-            "model_version": self.model_version(),
+            "model_version": self.model_version,
             "loaded_models": self.models.names(),
             "max_loaded_models": self.models.capacity,
             "model_loads": self.models.loads,
@@ -326,6 +350,7 @@ class InferenceService:
         return version, segmenter
 
     def _run_job(self, job: _Job) -> InferenceOutcome:
+        self._unload_retired()
         version, segmenter = self._model_for(job.lineage)
         n = len(job.images)
         masks: list[np.ndarray | None] = []
@@ -374,11 +399,11 @@ class LineageInference:
 
     @property
     def model_version(self) -> str:
-        return self.service.model_version(self.lineage)
+        return self.service.version_of(self.lineage)
 
     @property
     def identity(self) -> tuple[str, str, int]:
-        return self.service.identity(self.lineage)
+        return self.service.identity_of(self.lineage)
 
     def fits(self, count: int, deadline: float) -> int:
         return self.service.fits(count, deadline)
@@ -408,10 +433,19 @@ class DirectInference:
     def for_lineage(self, lineage: str) -> LineageInference:
         return LineageInference(self, lineage)  # type: ignore[arg-type]
 
-    def model_version(self, lineage: str = BASE) -> str:
+    @property
+    def model_version(self) -> str:
+        """The base lineage's version (this object is the base lineage's inference as it is)."""
+        return self.version_of(BASE)
+
+    @property
+    def identity(self) -> tuple[str, str, int]:
+        return self.identity_of(BASE)
+
+    def version_of(self, lineage: str) -> str:
         return self._version(lineage).name
 
-    def identity(self, lineage: str = BASE) -> tuple[str, str, int]:
+    def identity_of(self, lineage: str) -> tuple[str, str, int]:
         version = self._version(lineage)
         with self._lock:
             segmenter = self.models.get(version)
