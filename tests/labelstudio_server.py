@@ -30,6 +30,8 @@ from backend.settings import load
 
 LABEL_STUDIO_SPEC = "label-studio==1.23.*"
 LABEL_STUDIO_SERIES = "1.23."
+SENTRY_SPEC = "sentry-sdk<3"
+"""Label Studio 1.23 asks for any sentry-sdk, and 3.0 refuses the options it starts with (it exits at once)."""
 INSTALL_TIMEOUT_S = 1200
 START_TIMEOUT_S = 300
 USERNAME = "e2e@example.com"
@@ -45,15 +47,20 @@ def venv_dir() -> Path:
     return load().home / "label-studio-venv"
 
 
-def _installed_version(venv: Path) -> str | None:
+def _installed_version(venv: Path, package: str = "label-studio") -> str | None:
     python = venv / "bin" / "python"
     if not python.exists():
         return None
     proc = subprocess.run(
-        [str(python), "-c", "import importlib.metadata as m; print(m.version('label-studio'))"],
+        [str(python), "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
         capture_output=True, text=True, timeout=60, check=False,
     )
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _sentry_ok(venv: Path) -> bool:
+    version = _installed_version(venv, "sentry-sdk")
+    return version is not None and int(version.split(".")[0]) < 3
 
 
 def ensure_installed(venv: Path | None = None) -> Path:
@@ -69,6 +76,8 @@ def ensure_installed(venv: Path | None = None) -> Path:
             version = _installed_version(venv)
             if version is None or not version.startswith(LABEL_STUDIO_SERIES):
                 raise LabelStudioUnavailable(f"{venv} holds label-studio {version}, not {LABEL_STUDIO_SPEC}")
+        if not _sentry_ok(venv):  # a venv made before the pin
+            _pip(venv, [SENTRY_SPEC], venv.parent / (venv.name + "-install.log"))
     return venv / "bin" / "label-studio"
 
 
@@ -79,7 +88,7 @@ def _install(venv: Path) -> None:
     steps = [
         [sys.executable, "-m", "venv", str(venv)],
         [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--timeout", "60", "--retries", "3", LABEL_STUDIO_SPEC],
+         "--timeout", "60", "--retries", "3", LABEL_STUDIO_SPEC, SENTRY_SPEC],
     ]
     with open(log_path, "w") as log:
         for cmd in steps:
@@ -96,6 +105,15 @@ def _install(venv: Path) -> None:
                 raise LabelStudioUnavailable(
                     f"installing {LABEL_STUDIO_SPEC} failed (exit {proc.returncode}); {log_path} ends with:\n{tail}"
                 )
+
+
+def _pip(venv: Path, specs: list[str], log_path: Path) -> None:
+    with open(log_path, "a") as log:
+        proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                               "--disable-pip-version-check", *specs], stdout=log, stderr=subprocess.STDOUT,
+                              timeout=INSTALL_TIMEOUT_S, check=False)
+    if proc.returncode != 0:
+        raise LabelStudioUnavailable(f"pip install {' '.join(specs)} into {venv} failed; see {log_path}")
 
 
 def free_port() -> int:

@@ -22,7 +22,8 @@ import requests
 from PIL import Image
 
 from backend.cli import main
-from backend.learning.registry import CHECKPOINT_FILE, METRICS_FILE, ModelRegistry
+from backend.learning.history import METRICS_FILE
+from backend.learning.registry import CHECKPOINT_FILE, ModelRegistry
 from backend.model import ISNetModel
 from backend.server.app import create_app
 from backend.settings import Settings
@@ -322,6 +323,7 @@ def test_use_for_a_project_changes_that_project_only(client, registry, capsys):
     assert setup_version(client) == NEW
     assert client.post("/setup", json={"project": "2.17", "schema": CONFIG}).get_json()["model_version"] \
         == registry.pretrained().name
+    capsys.readouterr()
     assert main(["model", "list", "--project", "1", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed["current"] == NEW and listed["lineage"] == "p1" and not listed["follows_base"]

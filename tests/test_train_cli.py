@@ -42,7 +42,8 @@ def test_isnet_train_runs_a_cycle_with_separate_held_out_folders_and_promotes_by
     assert cycle["train"]["count"] == 3 and cycle["held_out"]["count"] == 2
     assert cycle["options"]["feature_loss"] == "mse" and cycle["options"]["size"] == 32
     assert cycle["training"]["steps"] == 2 and cycle["training"]["gt_encoder"]["steps"] == 2
-    assert set(cycle["metrics"]) == {"champion", "challenger"}
+    assert {"mae", "avgfmeasure", "sm"} <= cycle["champion"]["metrics"].keys() & cycle["challenger"]["metrics"].keys()
+    assert cycle["lineage"] == "base" and cycle["interpolation"]["method"] == "anchors"
 
 
 def test_isnet_train_refuses_an_existing_out_directory(tmp_path, tiny_pairs, capsys):

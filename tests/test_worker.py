@@ -21,7 +21,7 @@ from backend.jobs.queue import progress, submit
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.fetch import ImageFetcher
 from backend.model import ISNetModel
-from backend.pipeline import TaskPipeline
+from backend.pipeline import Pipelines
 from backend.server.app import create_app
 from backend.service.inference import DirectInference
 from backend.settings import Settings
@@ -66,7 +66,7 @@ def settings(base_settings, ls) -> Settings:
 def local_runner(settings, predictor):
     local.reset()
     auth = LabelStudioClient.from_settings(settings).auth
-    yield local.runner(settings, TaskPipeline(settings, predictor, ImageFetcher(settings, auth)))
+    yield local.runner(settings, Pipelines(settings, predictor, ImageFetcher(settings, auth)))
     local.reset()
 
 

@@ -117,8 +117,8 @@ def _use(args: argparse.Namespace) -> int:
     if before == name and not following:
         print(f"{name} is already the current version of lineage {registry.lineage}")
     else:
-        print(f"lineage {registry.lineage} now serves {name} (was {before}); running servers switch on their "
-              "next request")
+        print(f"now serving {name} (was {before}) in lineage {registry.lineage}; running servers switch on "
+              "their next request")
     return 0
 
 

@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         print("engines rebuilt: " + ", ".join(report.engines["built"]))
     elif report.engines and report.engines.get("error"):
         print(f"engines not rebuilt ({report.engines['error']}); serving builds them on demand")
-    print(f"now current in lineage {report.lineage}: " + (report.version if report.promoted else report.champion))
+    print(f"now current: {report.version if report.promoted else report.champion} (lineage {report.lineage})")
     return 0
 
 

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.isnet.weights import WeightCache, sha256_file
+from backend.isnet.weights import WeightCache, WeightsError, sha256_file
 from backend.settings import Settings
 
 PRETRAINED_PREFIX = "isnet-pretrained-"
@@ -89,8 +89,11 @@ class VersionStore:
         self.versions_dir = settings.model_dir / "versions"
 
     def pretrained(self) -> ModelVersion:
+        """The pretrained weights as a version; :class:`WeightsError` when they are not there."""
         cache = WeightCache(self.settings)
         checkpoint = cache.path()
+        if not checkpoint.is_file():
+            raise WeightsError(f"no checkpoint at {checkpoint}; run `isnet weights fetch`")
         digest = _digest(checkpoint) if self.settings.weights else cache.manifest()["checkpoint_sha256"]
         name = PRETRAINED_PREFIX + digest[:12]
         return ModelVersion(name, checkpoint, self.versions_dir / name)

@@ -200,7 +200,12 @@ class InferenceService:
         self.seconds_per_image: float | None = None
         self.images_done = 0
         self.batches_done = 0
-        self.reloads = 0
+
+    @property
+    def reloads(self) -> int:
+        """Models loaded since the base one at start: switches of a lineage's version, new lineages
+        on versions not loaded, and versions loaded again after eviction."""
+        return self.models.loads - 1
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -343,7 +348,6 @@ class InferenceService:
             return fallback, self.models.get(fallback)
         if before is not None and before.name != version.name:
             log.info("lineage %s: model version changed: %s -> %s", lineage, before.name, version.name)
-            self.reloads += 1
         self._served[lineage] = version
         if lineage == BASE:
             self._segmenter = segmenter
