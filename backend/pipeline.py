@@ -28,7 +28,7 @@ import numpy as np
 
 from backend.images import ImageError, load_image
 from backend.isnet import calibration_sample
-from backend.isnet.versions import lineage_of
+from backend.isnet.versions import BASE, lineage_of
 from backend.labelstudio.config import BrushTarget
 from backend.labelstudio.fetch import FetchError, ImageFetcher
 from backend.labelstudio.results import annotation_mask, brush_result
@@ -242,15 +242,15 @@ class Pipelines:
                  cache: ResultCache | None = None, stats: Stats | None = None) -> None:
         self.settings = settings
         self.source = source
-        self.fetcher = fetcher
-        self.cache = cache if cache is not None else ResultCache(int(settings.cache_mb * 1024 * 1024))
-        self.stats = stats or Stats()
-        self._pipelines: dict[str, TaskPipeline] = {}
+        base = TaskPipeline(settings, source.for_lineage(BASE), fetcher, cache, stats)
+        self.cache, self.stats = base.cache, base.stats
+        self._pipelines: dict[str, TaskPipeline] = {BASE: base}
 
     def for_lineage(self, lineage: str) -> TaskPipeline:
         pipeline = self._pipelines.get(lineage)
         if pipeline is None:
-            pipeline = TaskPipeline(self.settings, self.source.for_lineage(lineage), self.fetcher, self.cache,
+            base = self._pipelines[BASE]
+            pipeline = TaskPipeline(self.settings, self.source.for_lineage(lineage), base.fetcher, self.cache,
                                     self.stats)
             self._pipelines[lineage] = pipeline
         return pipeline
