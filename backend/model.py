@@ -35,7 +35,7 @@ from typing import Any
 from backend.interactive import InteractiveAnnotator, has_prompts
 from backend.isnet.versions import BASE
 from backend.jobs import hooks
-from backend.jobs.retrain_status import latest_report
+from backend.jobs.retrain_status import latest_report, lineage_reports
 from backend.labelstudio.config import BrushTarget, LabelConfigError, parse_label_config
 from backend.labelstudio.fetch import ImageFetcher
 from backend.learning.lineages import lineage_for, shared_with
@@ -229,6 +229,7 @@ class ISNetModel:
             "preannotation": hooks.progress(self.settings),
             "last_events": list(self.events)[-10:],
             "retraining": latest_report(self.settings),
+            "lineages": lineage_reports(self.settings),
         }
 
     # -- one chunk ------------------------------------------------------------------------

@@ -349,3 +349,10 @@ def test_a_deleted_project_stops_being_served_and_its_versions_stay(client, regi
     answer = client.post("/webhook", json={"action": "PROJECT_DELETED", "project": {"id": 1}}).get_json()
     assert (answer["status"], answer["version"], answer["lineage"]) == ("retired", NEW, "p1")
     assert ModelRegistry(registry.settings, "p1").follows_base and (registry.versions_dir / NEW).is_dir()
+
+
+def test_metrics_show_what_each_lineage_serves(client, registry):
+    assert main(["model", "use", "--project", "1", NEW]) == 0
+    lineages = client.get("/metrics").get_json()["lineages"]
+    assert lineages["p1"]["current"] == NEW and not lineages["p1"]["follows_base"]
+    assert lineages["base"]["current"] == registry.pretrained().name

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backend.isnet.versions import lineage_dir
 from backend.jobs.retrain_queue import LOCK_TIMEOUT_S, force_key, lock_key, pending_key
 from backend.jobs.retrain_status import (
     LATEST_FILE,
@@ -94,7 +95,8 @@ def retrain_project(project_id: int, *, force: bool = False, settings: Settings,
     if not snap.used:
         outcome.update(status="skipped", reason="no task could be used (see skipped)")
         return _record(settings, folder, state, outcome)
-    write_json(datasets_dir(settings) / LATEST_FILE, {**outcome, "status": "running"})
+    for folder_ in (datasets_dir(settings), lineage_dir(settings, lineage)):
+        write_json(folder_ / LATEST_FILE, {**outcome, "status": "running"})
     try:
         cycle = Cycle(settings, cycle_options(settings), registry=ModelRegistry(settings, lineage),
                       networks=networks or ISNET)
@@ -112,7 +114,8 @@ def _record(settings: Settings, folder: Path, state: dict[str, Any], outcome: di
     outcome["finished"] = time.time()
     state["last_outcome"] = outcome
     write_json(folder / STATE_FILE, state)
-    write_json(datasets_dir(settings) / LATEST_FILE, outcome)
+    write_json(datasets_dir(settings) / LATEST_FILE, outcome)  # the latest of any project
+    write_json(lineage_dir(settings, outcome["lineage"]) / LATEST_FILE, outcome)  # the latest of this lineage
     log.info("project %s: retraining %s (%s)", outcome["project"], outcome["status"], outcome.get("reason"))
     return outcome
 

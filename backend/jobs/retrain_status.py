@@ -59,6 +59,21 @@ def latest_report(settings: Settings) -> dict[str, Any] | None:
     return {**(outcome or {}), "cycle": _checked_alive(cycle)}
 
 
+def lineage_reports(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Per lineage: the version it serves and its last retraining outcome (``GET /metrics``)."""
+    from backend.learning.registry import ModelRegistry
+
+    out: dict[str, dict[str, Any]] = {}
+    registry = ModelRegistry(settings)
+    for lineage in registry.lineages():
+        own = registry.for_lineage(lineage)
+        latest = read_json(own.home / LATEST_FILE) or {}
+        out[lineage] = {"current": own.current_or_pretrained_name(), "follows_base": own.follows_base,
+                        "last_cycle": {k: latest.get(k) for k in ("status", "version", "reason", "finished")}
+                        if latest else None}
+    return out
+
+
 def _checked_alive(cycle: dict[str, Any]) -> dict[str, Any]:
     """A "running" cycle whose process is gone (same host) is shown as ``interrupted``."""
     if cycle.get("status") != "running" or cycle.get("host") != socket.gethostname():
