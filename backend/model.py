@@ -217,7 +217,8 @@ class ISNetModel:
         info = self.service.describe() if self.service else {}
         return {"model_version": self.model_version, "engine": info.get("engine"),
                 "device": info.get("device") or self.settings.device,
-                "precision": info.get("precision"), "input_size": info.get("input_size")}
+                "precision": info.get("precision"), "input_size": info.get("input_size"),
+                **({"engine_fallback": info["engine_fallback"]} if info.get("engine_fallback") else {})}
 
     def metrics(self) -> dict[str, Any]:
         return {

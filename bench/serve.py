@@ -102,8 +102,9 @@ def backend(size: int, label_studio_url: str, threads: int, **overrides: str):
                 raise SystemExit("isnet serve did not come up in 600 s")
             time.sleep(0.5)
         yield url, proc
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+    finally:  # the server may have exited already (it failed to start): its error is what is reported
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
 
 

@@ -21,6 +21,8 @@ class Segmenter:
     def __init__(self, engine: Engine, size: int = 1024) -> None:
         self.engine = engine
         self.size = check_input_size(size)
+        self.fallback: str | None = None
+        """Why ``engine`` is not the engine asked for (it could not be built yet), or None."""
 
     @classmethod
     def from_settings(cls, settings: Settings, version: ModelVersion, engine: str | None = None,
@@ -44,4 +46,5 @@ class Segmenter:
         return self.predict([image])[0]
 
     def describe(self) -> dict[str, object]:
-        return {**self.engine.describe(), "input_size": self.size}
+        return {**self.engine.describe(), "input_size": self.size,
+                **({"engine_fallback": self.fallback} if self.fallback else {})}

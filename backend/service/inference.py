@@ -55,12 +55,29 @@ PRIORITY_BACKGROUND = 3
 """Background pre-annotation sharing the server's thread: it waits whenever anyone else does."""
 
 
+FALLBACK_ENGINE = "onnx-fp32"
+RETRY_S = 30.0
+"""How often a version served by the fallback engine checks whether its engine can be built now."""
+
+
 def load_segmenter(settings: Settings, version: ModelVersion) -> Segmenter:
-    """The segmenter for ``version`` with the configured engine and input size."""
+    """The segmenter for ``version`` with the configured engine and input size.
+
+    An int8 engine that must calibrate on served images while too few were served yet does not
+    stop the server: the version is served by ``onnx-fp32`` meanwhile, the segmenter says why
+    (``fallback``), and :class:`LoadedModels` loads it again once the sample is large enough."""
     from backend.isnet.engines import create_engine
+    from backend.isnet.engines.calibration import CalibrationPending
 
     size = check_input_size(settings.input_size)
-    return Segmenter(create_engine(settings.engine, version, settings, size), size)
+    try:
+        return Segmenter(create_engine(settings.engine, version, settings, size), size)
+    except CalibrationPending as exc:
+        log.warning("%s cannot be built for %s yet, serving %s meanwhile: %s", settings.engine, version.name,
+                    FALLBACK_ENGINE, exc)
+        segmenter = Segmenter(create_engine(FALLBACK_ENGINE, version, settings, size), size)
+        segmenter.fallback = f"{settings.engine} waits for calibration images: {exc}"
+        return segmenter
 
 
 def _stat_key(path: Path) -> tuple[int, int, int] | None:
@@ -149,10 +166,16 @@ class LoadedModels:
         self.loads = 0
         self.evictions = 0
         self.load_seconds: dict[str, float] = {}
+        self._retried: dict[str, float] = {}
 
     def get(self, version: ModelVersion) -> Segmenter:
-        """The loaded segmenter of ``version``, loading it (and evicting the oldest) when absent."""
+        """The loaded segmenter of ``version``, loading it (and evicting the oldest) when absent; one
+        loaded with a fallback engine is loaded again, at most every :data:`RETRY_S`, once its own
+        engine can be built."""
         segmenter = self._models.get(version.name)
+        if segmenter is not None and segmenter.fallback and self._can_retry(version):
+            log.info("retrying %s for %s", self.settings.engine, version.name)
+            segmenter = None
         if segmenter is not None:
             self._models.move_to_end(version.name)
             return segmenter
@@ -166,6 +189,19 @@ class LoadedModels:
             self.evictions += 1
             log.info("model %s unloaded (ISNET_MAX_LOADED_MODELS=%d)", evicted, self.capacity)
         return segmenter
+
+    def _can_retry(self, version: ModelVersion) -> bool:
+        """Whether the served sample of the version's lineage has grown enough to calibrate on."""
+        from backend.isnet.calibration_sample import sample_dir, sample_images
+        from backend.isnet.engines.calibration import served_images_needed
+        from backend.isnet.engines.config import default_config
+
+        now = time.monotonic()
+        if now - self._retried.get(version.name, 0.0) < RETRY_S:
+            return False
+        self._retried[version.name] = now
+        needed = served_images_needed(default_config(self.settings.engine.removeprefix("onnx-")))
+        return len(sample_images(sample_dir(self.settings, version.lineage))) >= needed
 
     def drop(self, name: str) -> None:
         self._models.pop(name, None)

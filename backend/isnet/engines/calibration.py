@@ -44,12 +44,20 @@ def calibration_folder(config: EngineConfig, settings: Settings, lineage: str = 
     return sample_dir(settings, lineage), True
 
 
+class CalibrationPending(ConfigError):
+    """int8 would calibrate on the served sample, which is still too small: wait, or give a folder."""
+
+
+def served_images_needed(config: EngineConfig) -> int:
+    return min(MIN_SERVED_IMAGES, config.calib_num)
+
+
 def _served_images(folder: Path, config: EngineConfig) -> list[Path]:
     """The served sample, or an error saying what to do when it is still too small."""
     files = sample_images(folder)
-    needed = min(MIN_SERVED_IMAGES, config.calib_num)
+    needed = served_images_needed(config)
     if len(files) < needed:
-        raise ConfigError(
+        raise CalibrationPending(
             f"int8 calibrates on images the backend has served, and {folder} holds {len(files)} "
             f"(at least {needed} needed): serve some images first (Retrieve predictions in Label Studio, "
             f"with ISNET_ENGINE=auto or onnx-fp32), or pass --calib DIR (or set ISNET_CALIB_DIR) "
