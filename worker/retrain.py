@@ -9,10 +9,12 @@ on the same labels only if there are some (at least 1 label is always needed). A
 annotation is not a new label, but the next snapshot no longer contains it.
 
 Everything it decides is written to ``MODEL_DIR/datasets/project-<id>/state.json`` and the last
-outcome to ``MODEL_DIR/datasets/latest.json`` (what ``GET /metrics`` shows, with the running or
-last cycle's stage, step, ETA and loss from ``MODEL_DIR/training-status.json`` under ``cycle``).
-Each snapshot holds every label the project has (the export is of all annotated tasks), and the
-cycle starts from the current champion, so cycles accumulate what was taught. The options come
+outcome to ``MODEL_DIR/datasets/latest.json`` and to the lineage's own ``latest.json`` (what
+``GET /metrics`` shows, with the running or last cycle's stage, step, ETA and loss from the
+lineage's ``training-status.json`` under ``cycle``). Each snapshot holds every label the project
+has (the export is of all annotated tasks), and the cycle starts from the current champion of the
+project's lineage (:mod:`backend.learning.lineages`) and promotes into it only, so cycles
+accumulate what was taught and never reach another project. The options come
 from :func:`cycle_options`, the same defaults ``isnet train`` starts from. Also runnable as
 ``python -m worker.retrain --project ID [--force]``: the no-Redis server starts it that way, in
 a process of its own, so training never slows the server's threads.
