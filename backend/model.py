@@ -84,8 +84,8 @@ class ISNetModel:
 
     # -- label-studio-ml interface ----------------------------------------------------------
 
-    def setup(self, project: Any = None) -> str:
-        """Load the base model version and start inference (once); ``project``'s version name."""
+    def setup(self) -> str:
+        """Load the base model version and start inference (once); the base version's name."""
         with self._setup_lock:
             if self.service is None:
                 self.service = InferenceService(self.settings, self.watcher)
@@ -96,7 +96,7 @@ class ISNetModel:
                 hooks.attach_pipeline(self.pipelines)
             if self.interactive is None:
                 self.interactive = InteractiveAnnotator(self.settings)
-        return self.version_for(project)
+        return self.model_version
 
     @property
     def model_version(self) -> str:

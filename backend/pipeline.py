@@ -259,8 +259,6 @@ class Pipelines:
         """The pipeline of the lineage that ``project`` (as Label Studio names it) belongs to."""
         return self.for_lineage(lineage_for(project, self.settings))
 
-    __call__ = for_project
-
 
 LOAD_ERRORS = (TaskImageError, ImageError)
 """What :meth:`TaskPipeline.load` raises for a task whose image cannot be used."""

@@ -58,7 +58,14 @@ from backend.isnet.weights import save_torch_atomic
 from backend.learning.engine_rebuild import estimate_seconds, rebuild_engines
 from backend.learning.evaluation import Evaluation, evaluate_models, merge, seconds_per_image, write_reports
 from backend.learning.history import CYCLE_FILE, collect, earlier_held_out, write_history
-from backend.learning.interpolation import SEARCH_STEPS, interpolate, interpolate_towards, load_anchors, predict_masks
+from backend.learning.interpolation import (
+    SEARCH_STEPS,
+    Interpolation,
+    interpolate,
+    interpolate_towards,
+    load_anchors,
+    predict_masks,
+)
 from backend.learning.promotion import Decision, decide, evidence_from, parse_rule
 from backend.learning.registry import ModelRegistry, PromotionConflict
 from backend.learning.share import CANDIDATES, choose_share, method_for
@@ -267,7 +274,6 @@ class Cycle:
         if not self.val_items:
             raise TrainingError("no readable held-out pairs to compare the champion and the challenger with")
         loaded = {p.key for p in self.pairs}
-        self.train_images = [it.image for it in train_items if it.key in loaded]
         self.train_items = [it for it in train_items if it.key in loaded]
         self.skipped = skipped
         self.earlier = self._earlier_items(loaded | {it.key for it in self.val_items})
@@ -369,8 +375,8 @@ class Cycle:
                 mix = interpolate_towards(self.model, self.start, self.anchors, self.reference,
                                           self.options.anchor_drift, self.options.size, self.options.device,
                                           self.progress)
-            else:
-                mix = interpolate_towards(self.model, self.start, [], [], 0.0, self.options.size)
+            else:  # full: the model already holds the trained weights
+                mix = Interpolation(1.0, 0.0, 0.0, 0, reason="ISNET_TRAIN_SHARE=full: the trained change is kept whole")
             self.share = {"method": self.share_method, **mix.to_dict()}
             self.lam = mix.lam
             self.after = self._score("challenger", self.name, self.val_items, "evaluate")
@@ -398,7 +404,7 @@ class Cycle:
         reason = (f"share {choice.lam:g} of the trained change has the lowest held-out MAE "
                   f"({', '.join(f'{k}: {v:.4f}' for k, v in choice.mean_mae.items())}); the promotion is judged "
                   f"with each half's share chosen on the other half ({', '.join(f'{lam:g}' for lam in folds)})")
-        self.share = {"method": "evidence", "lam": choice.lam, "reason": reason, **choice.to_dict()}
+        self.share = {"method": "evidence", "reason": reason, **choice.to_dict()}
 
     # -- stage 5: the decision --------------------------------------------------------------------
 
@@ -484,7 +490,8 @@ class Cycle:
         if report.decision.promote:
             emit(self.progress, "engines", 0, 0,
                  message=f"rebuilding {self.champion.name}'s engines for {report.version}")
-            report.engines = rebuild_engines(self.champion, registry.get(report.version), self.train_images,
+            report.engines = rebuild_engines(self.champion, registry.get(report.version),
+                                             [it.image for it in self.train_items],
                                              self.settings)
             try:
                 registry.promote(report.version, expected=self.champion.name)

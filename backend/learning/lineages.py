@@ -11,6 +11,7 @@ project (an old client, the CLI without ``--project``) uses the base.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from backend.isnet.versions import BASE, check_lineage
@@ -31,10 +32,12 @@ def project_id(project: Any) -> int | None:
     return None
 
 
-def _mapping(settings: Settings) -> dict[str, str]:
-    """``ISNET_PROJECT_LINEAGES`` as ``{project id or "*": lineage}``; a bad entry is a clear error."""
+@functools.lru_cache(maxsize=8)
+def _parse(entries: tuple[str, ...]) -> dict[str, str]:
+    """``ISNET_PROJECT_LINEAGES`` as ``{project id or "*": lineage}``; a bad entry is a clear error.
+    Parsed once per value: every request asks."""
     out: dict[str, str] = {}
-    for entry in settings.project_lineages:
+    for entry in entries:
         key, sep, lineage = entry.partition("=")
         key, lineage = key.strip(), lineage.strip()
         if not sep or not (key == "*" or key.isdigit()):
@@ -48,10 +51,10 @@ def lineage_for(project: Any, settings: Settings) -> str:
     pid = project_id(project)
     if pid is None:
         return BASE
-    mapping = _mapping(settings)
+    mapping = _parse(settings.project_lineages)
     return mapping.get(str(pid)) or mapping.get("*") or f"p{pid}"
 
 
 def shared_with(lineage: str, settings: Settings) -> list[int]:
     """The projects ``ISNET_PROJECT_LINEAGES`` names for ``lineage`` (for the CLI to say so)."""
-    return sorted(int(k) for k, v in _mapping(settings).items() if k != "*" and v == lineage)
+    return sorted(int(k) for k, v in _parse(settings.project_lineages).items() if k != "*" and v == lineage)

@@ -273,11 +273,11 @@ class ModelRegistry:
         found = sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
         return [BASE, *found]
 
-    def catalogue(self, current: str | None = None, only_lineage: bool = False) -> list[VersionInfo]:
-        """Versions: ``current`` first (default: this lineage's), the other retrained ones newest
-        first, the pretrained weights last; ``only_lineage`` keeps this lineage's own versions (and
-        the current one). Without usable pretrained weights they are left out rather than failing."""
-        current = current or self.current_or_pretrained_name()
+    def catalogue(self, only_lineage: bool = False) -> list[VersionInfo]:
+        """Versions: this lineage's current one first, the other retrained ones newest first, the
+        pretrained weights last; ``only_lineage`` keeps this lineage's own versions (and the current
+        one). Without usable pretrained weights they are left out rather than failing."""
+        current = self.current_or_pretrained_name()
         infos = [self._info(v, current) for v in self.list_versions()]
         if only_lineage:
             infos = [i for i in infos if i.lineage == self.lineage or i.current]

@@ -102,6 +102,7 @@ class VersionWatcher:
         self.registry = ModelRegistry(settings)
         self._lock = threading.Lock()
         self._known: dict[str, tuple[tuple[Any, ...], ModelVersion]] = {}
+        self._registries: dict[str, ModelRegistry] = {BASE: self.registry}
         self.last_error: str | None = None
 
     def _fingerprint(self, registry: ModelRegistry) -> tuple[Any, ...]:
@@ -111,7 +112,9 @@ class VersionWatcher:
         return tuple(_stat_key(p) for p in paths)
 
     def current(self, lineage: str = BASE) -> ModelVersion:
-        registry = self.registry if lineage == BASE else self.registry.for_lineage(lineage)
+        registry = self._registries.get(lineage)
+        if registry is None:  # made once per lineage: /setup and /predict ask on every call
+            registry = self._registries.setdefault(lineage, self.registry.for_lineage(lineage))
         key = self._fingerprint(registry)
         with self._lock:
             known = self._known.get(lineage)
@@ -165,7 +168,6 @@ class LoadedModels:
         self._models: OrderedDict[str, Segmenter] = OrderedDict()
         self.loads = 0
         self.evictions = 0
-        self.load_seconds: dict[str, float] = {}
         self._retried: dict[str, float] = {}
 
     def get(self, version: ModelVersion) -> Segmenter:
@@ -179,9 +181,7 @@ class LoadedModels:
         if segmenter is not None:
             self._models.move_to_end(version.name)
             return segmenter
-        started = time.monotonic()
         segmenter = self._loader(self.settings, version)
-        self.load_seconds[version.name] = round(time.monotonic() - started, 3)
         self.loads += 1
         self._models[version.name] = segmenter
         while len(self._models) > self.capacity:
@@ -445,9 +445,6 @@ class LineageInference:
     def identity(self) -> tuple[str, str, int]:
         return self.service.identity_of(self.lineage)
 
-    def fits(self, count: int, deadline: float) -> int:
-        return self.service.fits(count, deadline)
-
     def predict(self, images: Sequence[np.ndarray], deadline: float, priority: int = PRIORITY_BATCH,
                 request_id: str = "-", size: int | None = None) -> InferenceOutcome:
         return self.service.predict(images, deadline, priority, request_id, size, self.lineage)
@@ -490,9 +487,6 @@ class DirectInference:
         with self._lock:
             segmenter = self.models.get(version)
         return version.name, segmenter.engine.name, segmenter.size
-
-    def fits(self, count: int, deadline: float) -> int:
-        return count  # nothing else waits here
 
     def predict(self, images: Sequence[np.ndarray], deadline: float = 0.0, priority: int = PRIORITY_BACKGROUND,
                 request_id: str = "-", size: int | None = None, lineage: str = BASE) -> InferenceOutcome:
