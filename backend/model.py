@@ -218,7 +218,7 @@ class ISNetModel:
         return {"model_version": self.model_version, "engine": info.get("engine"),
                 "device": info.get("device") or self.settings.device,
                 "precision": info.get("precision"), "input_size": info.get("input_size"),
-                **({"engine_fallback": info["engine_fallback"]} if info.get("engine_fallback") else {})}
+                **{key: info[key] for key in ("engine_reason", "engine_fallback", "engine_upgrade") if info.get(key)}}
 
     def metrics(self) -> dict[str, Any]:
         return {

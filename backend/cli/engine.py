@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from backend.cli.projects import add_project_argument
 from backend.isnet.engines import ENGINE_NAMES, EngineError
 from backend.isnet.weights import WeightsError
@@ -21,10 +19,15 @@ examples:
   isnet engine build deploy/engines/isnet_int8.yaml --calib my-images/ --size 1024 --num 50
   isnet engine list
   isnet engine measure --engine onnx-int8 --size 320 --images data/images --gt data/masks --out reports/int8-320
+  isnet engine upgrade --project 7
 
 Engines are cached under the model version's directory (MODEL_DIR/versions/NAME/engines) with
 a sidecar holding their sha256 and build config; a file that does not verify is rebuilt,
 never served. `measure` records accuracy and speed for ISNET_ENGINE=auto.
+
+`upgrade` is what the server does by itself once a lineage has served ISNET_AUTO_INT8_AFTER
+images: int8 calibrated on two thirds of the served images, then int8 and fp32 measured on the
+other third with fp32's masks as the reference; auto serves int8 if it is within budget and faster.
 
 int8 calibrates on --calib DIR, else the build file's dataset.path, else ISNET_CALIB_DIR, else
 the images this backend has segmented (up to ISNET_CALIB_SAMPLE of them, kept downsized in
@@ -71,6 +74,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     measure.add_argument("--model", default=None, help="model version (default: the current one)")
     add_project_argument(measure)
     measure.set_defaults(func=_measure)
+
+    upgrade = commands.add_parser(
+        "upgrade", help="int8 built on the images this backend served and measured against fp32 there "
+        "(what the server does by itself under ISNET_ENGINE=auto)")
+    upgrade.add_argument("--size", type=int, default=None, help="input side measured (default ISNET_INPUT_SIZE)")
+    upgrade.add_argument("--model", default=None, help="model version (default: the current one)")
+    upgrade.add_argument("--build-only", action="store_true",
+                         help="only build int8 on the served images (ISNET_ENGINE=onnx-int8 waiting for them)")
+    add_project_argument(upgrade)
+    upgrade.set_defaults(func=_upgrade)
 
 
 def _version(settings: Settings, args: argparse.Namespace) -> Any:
@@ -131,29 +144,9 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Timed:
-    """Wraps an engine and times each ``predict`` (the engine's own cost, per image).
-
-    The median, not the mean, is recorded: on a shared machine a few calls stall for seconds.
-    """
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.name, self.precision = engine.name, engine.precision
-        self.per_image: list[float] = []
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        start = time.perf_counter()
-        out = self.engine.predict(batch)
-        self.per_image.append((time.perf_counter() - start) / len(batch))
-        return out
-
-    def describe(self) -> dict[str, Any]:
-        return self.engine.describe()
-
-
 def _measure(args: argparse.Namespace) -> int:
     from backend.isnet.engines import create_engine
+    from backend.isnet.engines.measure import TimedEngine
     from backend.isnet.engines.selection import Measurements
     from backend.isnet.segmenter import Segmenter
     from backend.metrics.evaluator import evaluate_segmenter
@@ -164,7 +157,7 @@ def _measure(args: argparse.Namespace) -> int:
     try:
         size = check_input_size(args.size or settings.input_size)
         version = _version(settings, args)
-        engine = _Timed(create_engine(args.engine, version, settings, size))
+        engine = TimedEngine(create_engine(args.engine, version, settings, size))
         pairs, issues = pair_folders(args.gt, args.images, "image")
     except (EngineError, WeightsError, KeyError, ValueError, PairingError) as exc:
         return _fail(exc)
@@ -178,7 +171,7 @@ def _measure(args: argparse.Namespace) -> int:
     if not evaluation.count:
         print("error: no pair could be evaluated", file=sys.stderr)
         return 1
-    per_image = float(np.median(engine.per_image))
+    per_image = engine.seconds_per_image
     entry = Measurements(version).record(args.engine, size, engine.engine.precision, evaluation.metrics, per_image,
                                          str(args.gt.resolve()), evaluation.count)
     name = f"{args.engine}-{size}"
@@ -191,4 +184,26 @@ def _measure(args: argparse.Namespace) -> int:
     print(markdown_table([(name, evaluation.count, evaluation.metrics)], 4))
     print(f"{args.engine} @{size}: {entry['seconds_per_image']:.3f} s/image in the engine; "
           f"recorded for {version.name} ({Measurements(version).path})")
+    return 0
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    from backend.isnet.engines.served import upgrade
+    from backend.isnet.engines.store import EngineStore
+
+    settings = load()
+    try:
+        size = check_input_size(args.size or settings.input_size)
+        version = _version(settings, args)
+        if args.build_only:
+            path = EngineStore(version, settings).engine_file("int8")
+            print(f"onnx-int8 for {version.name}: {path}")
+            return 0
+        outcome = upgrade(version, settings, size)
+    except (EngineError, WeightsError, KeyError, ValueError) as exc:
+        return _fail(exc)
+    for engine, entry in outcome["measurements"].items():
+        print(f"{engine:10} @{size}: MAE {entry['mae']:.4f}  avgF {entry['avgfmeasure']:.4f}  S {entry['sm']:.4f}  "
+              f"{entry['seconds_per_image']:.3f} s/image")
+    print(f"auto @{size} for {version.name}: {outcome['auto']} ({outcome['why']})")
     return 0

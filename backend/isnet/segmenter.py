@@ -23,6 +23,8 @@ class Segmenter:
         self.size = check_input_size(size)
         self.fallback: str | None = None
         """Why ``engine`` is not the engine asked for (it could not be built yet), or None."""
+        self.reason: str | None = None
+        """Why this engine serves (``auto``'s measured choice, or the setting), when known."""
 
     @classmethod
     def from_settings(cls, settings: Settings, version: ModelVersion, engine: str | None = None,
@@ -47,4 +49,5 @@ class Segmenter:
 
     def describe(self) -> dict[str, object]:
         return {**self.engine.describe(), "input_size": self.size,
+                **({"engine_reason": self.reason} if self.reason else {}),
                 **({"engine_fallback": self.fallback} if self.fallback else {})}

@@ -55,7 +55,7 @@ from backend.isnet.training.progress import STATUS_FILE, Progress, ProgressFn, S
 from backend.isnet.training.trainer import TrainingError, TrainingResult, run_training
 from backend.isnet.versions import CHECKPOINT_FILE, ModelVersion
 from backend.isnet.weights import save_torch_atomic
-from backend.learning.engine_rebuild import estimate_seconds, rebuild_engines
+from backend.learning.engine_rebuild import estimate_seconds, prepare_engines
 from backend.learning.evaluation import Evaluation, evaluate_models, merge, seconds_per_image, write_reports
 from backend.learning.history import CYCLE_FILE, collect, earlier_held_out, write_history
 from backend.learning.interpolation import (
@@ -340,9 +340,11 @@ class Cycle:
         self.timings["anchors"] = time.perf_counter() - t
         megabytes = sum(t.numel() * t.element_size() for t in self.model.state_dict().values()) / 1e6
         save_s = 0.5 + 2 * megabytes / 100.0  # the model and its GT encoder, at a slow disk's 100 MB/s
+        per_image = self.timings["champion"] / max(1, len(self.val_items) + len(self.earlier))
         scoring = (len(CANDIDATES) + 0.1 if self.share_method == "evidence" else 1.1) * self.timings["champion"]
         self.budget.after_training = (scoring + 3.0 * report_s + save_s
-                                      + 1.1 * estimate_seconds(self.champion, self.settings)
+                                      + 1.1 * estimate_seconds(self.champion, self.settings, per_image,
+                                                               len(self.val_items))
                                       + 1.1 * (SEARCH_STEPS + 1) * self.timings["anchors"])
 
     # -- stage 3: training ------------------------------------------------------------------------
@@ -488,11 +490,9 @@ class Cycle:
         cycle meanwhile wins), then ``cycle.json`` again; then the lineage's history."""
         registry = self.registry
         if report.decision.promote:
-            emit(self.progress, "engines", 0, 0,
-                 message=f"rebuilding {self.champion.name}'s engines for {report.version}")
-            report.engines = rebuild_engines(self.champion, registry.get(report.version),
-                                             [it.image for it in self.train_items],
-                                             self.settings)
+            emit(self.progress, "engines", 0, 0, message=f"building and measuring {report.version}'s engines")
+            report.engines = prepare_engines(self.champion, registry.get(report.version),
+                                             [it.image for it in self.train_items], self.val_items, self.settings)
             try:
                 registry.promote(report.version, expected=self.champion.name)
                 report.promoted = True

@@ -38,6 +38,7 @@ from backend.isnet.segmenter import Segmenter
 from backend.isnet.versions import BASE, ModelVersion
 from backend.isnet.weights import WeightCache
 from backend.learning.registry import ModelRegistry
+from backend.service.engine_upgrades import EngineUpgrades, stale
 from backend.service.logs import reset_request_id, set_request_id
 from backend.settings import Settings, check_input_size
 
@@ -57,7 +58,9 @@ PRIORITY_BACKGROUND = 3
 
 FALLBACK_ENGINE = "onnx-fp32"
 RETRY_S = 30.0
-"""How often a version served by the fallback engine checks whether its engine can be built now."""
+"""How often a loaded version checks whether the engine it should be served with changed."""
+HOUSEKEEPING_S = 10.0
+"""How often the server's inference thread looks after its engines (background int8 builds)."""
 
 
 def load_segmenter(settings: Settings, version: ModelVersion) -> Segmenter:
@@ -65,18 +68,23 @@ def load_segmenter(settings: Settings, version: ModelVersion) -> Segmenter:
 
     An int8 engine that must calibrate on served images while too few were served yet does not
     stop the server: the version is served by ``onnx-fp32`` meanwhile, the segmenter says why
-    (``fallback``), and :class:`LoadedModels` loads it again once the sample is large enough."""
-    from backend.isnet.engines import create_engine
+    (``fallback``), and the engine is built in the background once enough images were served
+    (:mod:`backend.service.engine_upgrades`)."""
+    from backend.isnet.engines import choose_engine, create_engine
     from backend.isnet.engines.calibration import CalibrationPending
 
     size = check_input_size(settings.input_size)
+    name, why = choose_engine(settings.engine, version, size)
     try:
-        return Segmenter(create_engine(settings.engine, version, settings, size), size)
+        segmenter = Segmenter(create_engine(name, version, settings, size), size)
+        segmenter.reason = why
+        log.info("%s served by %s: %s", version.name, name, why)
+        return segmenter
     except CalibrationPending as exc:
-        log.warning("%s cannot be built for %s yet, serving %s meanwhile: %s", settings.engine, version.name,
+        log.warning("%s cannot be built for %s yet, serving %s meanwhile: %s", name, version.name,
                     FALLBACK_ENGINE, exc)
         segmenter = Segmenter(create_engine(FALLBACK_ENGINE, version, settings, size), size)
-        segmenter.fallback = f"{settings.engine} waits for calibration images: {exc}"
+        segmenter.fallback = f"{name} waits for calibration images: {exc}"
         return segmenter
 
 
@@ -155,6 +163,7 @@ class _Job:
     future: Future = field(compare=False)
     size: int | None = field(default=None, compare=False)
     lineage: str = field(default=BASE, compare=False)
+    housekeeping: bool = field(default=False, compare=False)
 
 
 class LoadedModels:
@@ -165,49 +174,54 @@ class LoadedModels:
         self.settings = settings
         self._loader = loader
         self.capacity = max(1, capacity)
-        self._models: OrderedDict[str, Segmenter] = OrderedDict()
+        self._models: OrderedDict[str, tuple[ModelVersion, Segmenter]] = OrderedDict()
         self.loads = 0
         self.evictions = 0
-        self._retried: dict[str, float] = {}
+        self._checked: dict[str, float] = {}
 
     def get(self, version: ModelVersion) -> Segmenter:
         """The loaded segmenter of ``version``, loading it (and evicting the oldest) when absent; one
-        loaded with a fallback engine is loaded again, at most every :data:`RETRY_S`, once its own
-        engine can be built."""
-        segmenter = self._models.get(version.name)
-        if segmenter is not None and segmenter.fallback and self._can_retry(version):
-            log.info("retrying %s for %s", self.settings.engine, version.name)
-            segmenter = None
-        if segmenter is not None:
+        whose engine is no longer the one to serve (``auto`` measured another, or an engine it fell
+        back from was built) is loaded again, checked at most every :data:`RETRY_S`."""
+        loaded = self._models.get(version.name)
+        if loaded is not None and self._due(version.name) and stale(self.settings, version, loaded[1]):
+            log.info("%s: loading %s again for its new engine", version.name, self.settings.engine)
+            loaded = None
+        if loaded is not None:
             self._models.move_to_end(version.name)
-            return segmenter
+            return loaded[1]
+        return self.load(version)
+
+    def load(self, version: ModelVersion) -> Segmenter:
+        """Load ``version`` now (again, if it was loaded), evicting the least recently used."""
         segmenter = self._loader(self.settings, version)
         self.loads += 1
-        self._models[version.name] = segmenter
+        self._checked[version.name] = time.monotonic()
+        self._models.pop(version.name, None)
+        self._models[version.name] = (version, segmenter)
         while len(self._models) > self.capacity:
             evicted, _ = self._models.popitem(last=False)
             self.evictions += 1
             log.info("model %s unloaded (ISNET_MAX_LOADED_MODELS=%d)", evicted, self.capacity)
         return segmenter
 
-    def _can_retry(self, version: ModelVersion) -> bool:
-        """Whether the served sample of the version's lineage has grown enough to calibrate on."""
-        from backend.isnet.calibration_sample import sample_dir, sample_images
-        from backend.isnet.engines.calibration import served_images_needed
-        from backend.isnet.engines.config import default_config
-
+    def _due(self, name: str) -> bool:
         now = time.monotonic()
-        if now - self._retried.get(version.name, 0.0) < RETRY_S:
+        if now - self._checked.get(name, 0.0) < RETRY_S:
             return False
-        self._retried[version.name] = now
-        needed = served_images_needed(default_config(self.settings.engine.removeprefix("onnx-")))
-        return len(sample_images(sample_dir(self.settings, version.lineage))) >= needed
+        self._checked[name] = now
+        return True
 
     def drop(self, name: str) -> None:
         self._models.pop(name, None)
 
     def peek(self, name: str) -> Segmenter | None:
-        return self._models.get(name)
+        loaded = self._models.get(name)
+        return loaded[1] if loaded is not None else None
+
+    def loaded(self) -> list[tuple[ModelVersion, Segmenter]]:
+        """Every loaded version and its segmenter, least recently used first."""
+        return list(self._models.values())
 
     def names(self) -> list[str]:
         """Loaded versions, least recently used first."""
@@ -236,6 +250,9 @@ class InferenceService:
         self.seconds_per_image: float | None = None
         self.images_done = 0
         self.batches_done = 0
+        self.upgrades = EngineUpgrades(settings)
+        self._housekeeping_due = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     @property
     def reloads(self) -> int:
@@ -251,6 +268,8 @@ class InferenceService:
             return
         self._thread = threading.Thread(target=self._run, name="isnet-inference", daemon=True)
         self._thread.start()
+        self._ticker = threading.Thread(target=self._tick, name="isnet-housekeeping", daemon=True)
+        self._ticker.start()
         if warmup:
             size = self._segmenter.size
             self._submit([np.full((size, size, 3), 127, np.uint8)], time.monotonic() + 3600, PRIORITY_BATCH, "warmup")
@@ -260,6 +279,31 @@ class InferenceService:
         self._queue.put(_Job(-1, -1, [], 0.0, "stop", Future()))
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self.upgrades.stop()
+
+    def _tick(self) -> None:
+        """Queue a housekeeping job every :data:`HOUSEKEEPING_S` (one at a time): the inference
+        thread owns the loaded models, so it is the one that looks after their engines."""
+        while not self._stop.wait(HOUSEKEEPING_S):
+            if not self._housekeeping_due.is_set():
+                self._housekeeping_due.set()
+                self._queue.put(_Job(PRIORITY_BATCH, next(self._seq), [], 0.0, "housekeeping", Future(),
+                                     housekeeping=True))
+
+    def _housekeep(self) -> None:
+        """Start background engine builds that are due, and load versions whose engine changed."""
+        self._housekeeping_due.clear()
+        for version, segmenter in self.models.loaded():
+            try:
+                if not self.upgrades.review(version, segmenter):
+                    continue
+                fresh = self.models.load(version)
+            except Exception:  # a bad engine file or a failed start costs this round, never the thread
+                log.exception("engine housekeeping of %s failed", version.name)
+                continue
+            log.info("%s now served by %s", version.name, fresh.engine.name)
+            if self._served[BASE].name == version.name:
+                self._segmenter = fresh
 
     # -- what request threads call ----------------------------------------------------
 
@@ -327,8 +371,11 @@ class InferenceService:
 
     def describe(self) -> dict[str, Any]:
         busy = self._busy_since
+        base = self._served[BASE]
+        upgrade = self.upgrades.status(base, self._segmenter)
         return {
             **self._segmenter.describe(),
+            **({"engine_upgrade": upgrade} if upgrade else {}),
             "model_version": self.model_version,
             "loaded_models": self.models.names(),
             "max_loaded_models": self.models.capacity,
@@ -391,6 +438,9 @@ class InferenceService:
 
     def _run_job(self, job: _Job) -> InferenceOutcome:
         self._unload_retired()
+        if job.housekeeping:
+            self._housekeep()
+            return InferenceOutcome("", [])
         version, segmenter = self._model_for(job.lineage)
         n = len(job.images)
         masks: list[np.ndarray | None] = []

@@ -28,14 +28,20 @@ def check_engine_name(name: str) -> str:
     return name
 
 
-def resolve_engine_name(name: str, version: ModelVersion, size: int) -> str:
-    """The concrete engine ``name`` stands for (``auto`` is decided by measurements)."""
+def choose_engine(name: str, version: ModelVersion, size: int) -> tuple[str, str]:
+    """The concrete engine ``name`` stands for, and why (``auto`` is decided by measurements)."""
     if check_engine_name(name) != AUTO:
-        return name
+        return name, f"ISNET_ENGINE={name}"
     from backend.isnet.engines.selection import Measurements
 
-    chosen, why = Measurements(version).choose(size)
-    log.info("engine auto -> %s: %s", chosen, why)
+    return Measurements(version).choose(size)
+
+
+def resolve_engine_name(name: str, version: ModelVersion, size: int) -> str:
+    """The concrete engine ``name`` stands for (``auto`` is decided by measurements)."""
+    chosen, why = choose_engine(name, version, size)
+    if name == AUTO:
+        log.info("engine auto -> %s: %s", chosen, why)
     return chosen
 
 
@@ -97,6 +103,7 @@ __all__ = [
     "Engine",
     "EngineError",
     "check_engine_name",
+    "choose_engine",
     "create_engine",
     "resolve_engine_name",
 ]

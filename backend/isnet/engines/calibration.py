@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,6 +89,17 @@ def select_images(config: EngineConfig, settings: Settings, lineage: str = BASE)
     files = _served_images(folder, config) if served else _folder_images(folder, config)
     count = min(config.calib_num, len(files))
     return [files[i * len(files) // count] for i in range(count)]
+
+
+def link_images(images: list[Path], folder: Path) -> Path:
+    """The images side by side in ``folder`` (symlinks; a name used twice gets its index): a
+    calibration folder made of images that live in several places."""
+    used: set[str] = set()
+    for n, image in enumerate(images):
+        name = image.name if image.name not in used else f"{n:06d}-{image.name}"
+        used.add(name)
+        os.symlink(image.resolve(), folder / name)
+    return folder
 
 
 def fingerprint(paths: list[Path]) -> str:

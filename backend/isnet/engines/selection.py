@@ -98,27 +98,37 @@ class Measurements:
         return entry
 
     def reference(self, size: int) -> dict[str, Any] | None:
-        """The fp32 measurement at ``size``: eager torch when it ran in fp32, else onnx-fp32."""
+        """The fp32 measurement at ``size``, eager torch (when it ran in fp32) or onnx-fp32: the
+        newer one, so a measurement on new images replaces an old one as the yardstick."""
         data = self.load()
-        for engine in ("torch", "onnx-fp32"):
-            entry = data.get(engine, {}).get(str(size))
-            if entry and precision_class(entry["precision"]) == "fp32":
-                return entry
-        return None
+        entries = [entry for engine in ("torch", "onnx-fp32")
+                   if (entry := data.get(engine, {}).get(str(size))) and precision_class(entry["precision"]) == "fp32"]
+        return max(entries, key=lambda e: e.get("measured_at", "")) if entries else None
 
     def choose(self, size: int) -> tuple[str, str]:
         """``(engine name, why)`` by the rule in this module's docstring."""
         reference = self.reference(size)
         if reference is None:
             return FALLBACK, f"no fp32 measurement at size {size} for {self.version.name}"
-        candidates = []
-        for engine, by_size in self.load().items():
+        candidates, passed_over = [], []
+        for engine, by_size in sorted(self.load().items()):
             entry = by_size.get(str(size))
             if not entry or (entry["dataset"], entry["images"]) != (reference["dataset"], reference["images"]):
                 continue
             if BUDGETS[precision_class(entry["precision"])].allows(entry, reference):
                 candidates.append((entry["seconds_per_image"], engine))
+            else:
+                passed_over.append(f"{engine} out of budget ({losses(entry, reference)})")
         if not candidates:
             return FALLBACK, f"no engine measured within budget at size {size}"
         seconds, engine = min(candidates)
-        return engine, f"fastest within budget at size {size} ({seconds:.3f} s/image, {len(candidates)} candidate(s))"
+        slower = [f"{e} within budget but slower ({s:.3f} s/image)" for s, e in sorted(candidates)[1:]]
+        where = f"{reference['images']} image(s) of {reference['dataset']}"
+        return engine, "; ".join([f"fastest within budget at size {size} ({seconds:.3f} s/image, measured on "
+                                  f"{where})", *slower, *passed_over])
+
+
+def losses(entry: dict[str, Any], reference: dict[str, Any]) -> str:
+    """``entry``'s accuracy minus ``reference``'s, in words (a loss is MAE up, F or S down)."""
+    return ", ".join(f"{label} {entry[key] - reference[key]:+.4f}"
+                     for label, key in (("MAE", "mae"), ("avg F", "avgfmeasure"), ("S", "sm")))
