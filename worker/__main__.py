@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from backend.settings import load
+from backend.settings import SettingsError, load
 from worker.recovery import RecoveringWorker, recover_abandoned
 
 log = logging.getLogger("worker")
@@ -23,7 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument("--name", help="worker name (default: RQ's)")
     args = parser.parse_args(argv)
-    settings = load()
+    try:
+        settings = load()
+    except SettingsError as exc:  # a bad variable: one line that names it, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not settings.redis_url:
         print("REDIS_URL is not set: without Redis the server pre-annotates in its own background thread, "
