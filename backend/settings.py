@@ -86,6 +86,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -221,6 +222,12 @@ class Settings(BaseSettings):
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` (by field name), validated like the environment's values."""
         return type(self)(**{**self.model_dump(), **changes})
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The configured secret values (token, passwords), for :func:`backend.redaction.remember`."""
+        redis_password = urlsplit(self.redis_url).password if self.redis_url else None
+        return tuple(v for v in (self.label_studio_api_key, self.basic_auth_pass, redis_password) if v)
 
     @property
     def weights_dir(self) -> Path:

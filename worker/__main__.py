@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 
+from backend import redaction
 from backend.settings import SettingsError, load
 from worker.recovery import RecoveringWorker, recover_abandoned
 
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redaction.remember(*settings.secrets)
+    redaction.install()  # no log line shows REDIS_URL's password, a token or a presigned query
     if not settings.redis_url:
         print("REDIS_URL is not set: without Redis the server pre-annotates in its own background thread, "
               "no worker is needed. Set REDIS_URL=redis://host:6379/0 to run workers.", file=sys.stderr)
@@ -41,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         connection.ping()
     except (RedisError, OSError) as exc:
-        print(f"cannot reach Redis at {settings.redis_url}: {exc}. Start Redis or fix REDIS_URL.", file=sys.stderr)
+        where = redaction.redact(settings.redis_url)
+        print(f"cannot reach Redis at {where}: {redaction.redact(str(exc))}. Start Redis or fix REDIS_URL.",
+              file=sys.stderr)
         return 1
     queue = Queue(settings.queue_name, connection=connection)
     recover_abandoned(queue)

@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-from backend import __version__
+from backend import __version__, redaction
 from backend.settings import SettingsError, load
 
 SUBCOMMANDS = ("weights", "predict", "evaluate", "serve", "train", "engine", "preannotate", "model")
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     level = "DEBUG" if args.verbose else settings.log_level
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redaction.remember(*settings.secrets)
+    redaction.install()  # no log line shows a password, token or presigned query
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
