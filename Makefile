@@ -31,6 +31,7 @@ worker: weights
 test: weights
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports  # the layering contracts in pyproject.toml
+	$(BIN)/deptry .  # runtime dependencies are exactly what the code imports ([tool.deptry])
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 lint: install

@@ -41,6 +41,7 @@ from backend.labelstudio.fetch import ImageFetcher
 from backend.learning.lineages import lineage_for, shared_with
 from backend.learning.registry import ModelRegistry
 from backend.pipeline import LOAD_ERRORS, Pipelines, TaskImage, TaskPipeline
+from backend.redaction import redact_data
 from backend.service.inference import PRIORITY_BATCH, PRIORITY_INTERACTIVE, InferenceService, VersionWatcher
 from backend.service.logs import current_request_id
 from backend.service.stats import Stats
@@ -221,7 +222,8 @@ class ISNetModel:
                 **{key: info[key] for key in ("engine_reason", "engine_fallback", "engine_upgrade") if info.get(key)}}
 
     def metrics(self) -> dict[str, Any]:
-        return {
+        """What ``/metrics`` shows of the model, secrets masked (errors may quote URLs and REDIS_URL)."""
+        return redact_data({
             "model_version": self.model_version,
             "model_pointer_error": self.watcher.last_error,
             "inference": self.service.describe() if self.service else None,
@@ -231,7 +233,7 @@ class ISNetModel:
             "last_events": list(self.events)[-10:],
             "retraining": latest_report(self.settings),
             "lineages": lineage_reports(self.settings),
-        }
+        })
 
     # -- one chunk ------------------------------------------------------------------------
 

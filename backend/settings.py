@@ -4,6 +4,14 @@ Why one module: the backend, the CLI and the RQ workers run in different process
 and must agree on where weights live, which size they serve at and which limits
 apply. Reading the environment anywhere else is a bug.
 
+Each variable is validated when read (pydantic-settings): a value of the wrong type or out of
+range stops the program with one line that names the variable, e.g. ``ISNET_INPUT_SIZE='abc':
+Input should be a valid integer``. An empty or blank variable means its default.
+
+Aliases: the names Label Studio's SDK and examples use are read too. ``LABEL_STUDIO_HOST`` stands
+for ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_ACCESS_TOKEN`` for ``LABEL_STUDIO_API_KEY``; where both
+names of a pair are set (and not blank), this project's own name wins.
+
 ``ISNET_ENGINE=auto`` serves the fastest engine whose accuracy was measured within its budget
 against fp32 (fp16: MAE +0.001, avg F -0.002, S -0.002; int8: +0.002, -0.005, -0.003) on the
 served model version at the input size, by ``isnet engine measure``; else ``onnx-fp32``. ONNX
@@ -77,19 +85,35 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name)
-    return default if value is None or value.strip() == "" else value.strip()
+class SettingsError(ValueError):
+    """A variable has a value that cannot be used; the message names it, in one line."""
 
 
-def _env_list(name: str) -> tuple[str, ...]:
+def env(name: str, default: Any = None, *aliases: str, factory: Any = None, **constraints: Any) -> Any:
+    """The field read from variable ``name`` (then ``aliases``, in order), with its default and range.
+
+    ``factory`` computes a default that depends on the machine; ``constraints`` are pydantic's
+    (``ge``, ``gt``, ``le``, ``lt``, ``multiple_of``).
+    """
+    alias = AliasChoices(name, *aliases) if aliases else name
+    if factory is not None:
+        return Field(default_factory=factory, validation_alias=alias, **constraints)
+    return Field(default, validation_alias=alias, **constraints)
+
+
+def _items(value: Any) -> Any:
     """A comma-separated variable as a tuple of its non-empty, stripped, lower-cased items."""
-    return tuple(item.strip().lower() for item in _env(name, "").split(",") if item.strip())
+    if isinstance(value, str):
+        return tuple(item.strip().lower() for item in value.split(",") if item.strip())
+    return value
 
 
 def _default_device() -> str:
@@ -101,74 +125,111 @@ def _default_device() -> str:
         return "cpu"
 
 
-@dataclass(frozen=True)
-class Settings:
-    """A snapshot of the environment; build a new one with :func:`load` to re-read it."""
+Lower = Annotated[str, AfterValidator(str.lower)]
+Upper = Annotated[str, AfterValidator(str.upper)]
+Items = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_items)]
+Sizes = Annotated[tuple[int, ...], NoDecode, BeforeValidator(_items)]
+BaseUrl = Annotated[str, AfterValidator(lambda url: url.rstrip("/"))]
+HomePath = Annotated[Path, AfterValidator(lambda path: path.expanduser())]
+SECRET = frozenset({"LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN", "BASIC_AUTH_PASS", "REDIS_URL"})
 
-    home: Path = field(default_factory=lambda: Path(_env("ISNET_HOME", "~/.cache/isnet-ls")).expanduser())
-    input_size: int = field(default_factory=lambda: int(_env("ISNET_INPUT_SIZE", "1024")))
-    max_pixels: int = field(default_factory=lambda: int(_env("ISNET_MAX_PIXELS", "64000000")))
-    device: str = field(default_factory=lambda: _env("ISNET_DEVICE", "") or _default_device())
-    threads: int = field(default_factory=lambda: int(_env("ISNET_THREADS", "0")))
-    weights: str = field(default_factory=lambda: _env("ISNET_WEIGHTS", ""))
-    engine: str = field(default_factory=lambda: _env("ISNET_ENGINE", "auto"))
-    calib_dir: str = field(default_factory=lambda: _env("ISNET_CALIB_DIR", ""))
-    calib_sample: int = field(default_factory=lambda: int(_env("ISNET_CALIB_SAMPLE", "64")))
-    auto_int8_after: int = field(default_factory=lambda: int(_env("ISNET_AUTO_INT8_AFTER", "24")))
-    npm_package: str = field(
-        default_factory=lambda: _env("ISNET_NPM_PACKAGE", "@imgly/background-removal-data@1.4.5")
-    )
-    npm_tarball: str = field(default_factory=lambda: _env("ISNET_NPM_TARBALL", ""))
-    model_dir_env: str = field(default_factory=lambda: _env("MODEL_DIR", ""))
-    redis_url: str = field(default_factory=lambda: _env("REDIS_URL", ""))
-    log_level: str = field(default_factory=lambda: _env("LOG_LEVEL", "INFO").upper())
-    label_studio_url: str = field(default_factory=lambda: _env("LABEL_STUDIO_URL", "http://localhost:8080").rstrip("/"))
-    label_studio_api_key: str = field(default_factory=lambda: _env("LABEL_STUDIO_API_KEY", ""))
-    allowed_hosts: tuple[str, ...] = field(default_factory=lambda: _env_list("ISNET_ALLOWED_HOSTS"))
-    threshold: float = field(default_factory=lambda: float(_env("ISNET_THRESHOLD", "0.5")))
-    from_name: str = field(default_factory=lambda: _env("ISNET_FROM_NAME", ""))
-    label: str = field(default_factory=lambda: _env("ISNET_LABEL", ""))
-    max_image_bytes: int = field(default_factory=lambda: int(_env("ISNET_MAX_IMAGE_BYTES", "104857600")))
-    fetch_timeout: float = field(default_factory=lambda: float(_env("ISNET_FETCH_TIMEOUT", "30")))
-    basic_auth_user: str = field(default_factory=lambda: _env("BASIC_AUTH_USER", ""))
-    basic_auth_pass: str = field(default_factory=lambda: _env("BASIC_AUTH_PASS", ""))
-    workers: int = field(default_factory=lambda: int(_env("WORKERS", "1")))
-    server_threads: int = field(default_factory=lambda: int(_env("THREADS", "32")))
-    predict_budget: float = field(default_factory=lambda: float(_env("ISNET_PREDICT_BUDGET", "60")))
-    predict_batch: int = field(default_factory=lambda: int(_env("ISNET_PREDICT_BATCH", "4")))
-    interactive_size: int = field(default_factory=lambda: int(_env("ISNET_INTERACTIVE_SIZE", "1024")))
-    interactive_margin: float = field(default_factory=lambda: float(_env("ISNET_INTERACTIVE_MARGIN", "0.2")))
-    interactive_images: int = field(default_factory=lambda: int(_env("ISNET_INTERACTIVE_IMAGES", "4")))
-    cache_mb: float = field(default_factory=lambda: float(_env("ISNET_CACHE_MB", "256")))
-    train_budget: float = field(default_factory=lambda: float(_env("ISNET_TRAIN_BUDGET", "30")))
-    train_iters: int = field(default_factory=lambda: int(_env("ISNET_TRAIN_ITERS", "0")))
-    train_batch: int = field(default_factory=lambda: int(_env("ISNET_TRAIN_BATCH", "0")))
-    train_crop: int = field(default_factory=lambda: int(_env("ISNET_TRAIN_CROP", "0")))
-    train_scales: tuple[int, ...] = field(
-        default_factory=lambda: tuple(int(v) for v in _env_list("ISNET_TRAIN_SCALES")))
-    train_lr: float = field(default_factory=lambda: float(_env("ISNET_TRAIN_LR", "0.00001")))
-    train_schedule: str = field(default_factory=lambda: _env("ISNET_TRAIN_SCHEDULE", "cosine").lower())
-    train_feature_loss: str = field(default_factory=lambda: _env("ISNET_TRAIN_FEATURE_LOSS", "mse").lower())
-    train_feature_weight: float = field(default_factory=lambda: float(_env("ISNET_TRAIN_FEATURE_WEIGHT", "0.02")))
-    train_amp: str = field(default_factory=lambda: _env("ISNET_TRAIN_AMP", "auto").lower())
-    train_gt_iters: int = field(default_factory=lambda: int(_env("ISNET_TRAIN_GT_ITERS", "2000")))
-    train_anchors: str = field(default_factory=lambda: _env("ISNET_TRAIN_ANCHORS", "builtin"))
-    train_anchor_drift: float = field(default_factory=lambda: float(_env("ISNET_TRAIN_ANCHOR_DRIFT", "0.025")))
-    train_share: str = field(default_factory=lambda: _env("ISNET_TRAIN_SHARE", "auto").lower())
-    project_lineages: tuple[str, ...] = field(default_factory=lambda: _env_list("ISNET_PROJECT_LINEAGES"))
-    max_loaded_models: int = field(default_factory=lambda: int(_env("ISNET_MAX_LOADED_MODELS", "3")))
-    holdout_fraction: float = field(default_factory=lambda: float(_env("ISNET_HOLDOUT_FRACTION", "0.2")))
-    promote_rule: str = field(default_factory=lambda: _env("ISNET_PROMOTE_RULE", "bootstrap").lower())
-    promote_min_heldout: int = field(default_factory=lambda: int(_env("ISNET_PROMOTE_MIN_HELDOUT", "30")))
-    min_new_labels: int = field(default_factory=lambda: int(_env("ISNET_MIN_NEW_LABELS", "10")))
-    preannotate_batch: int = field(default_factory=lambda: int(_env("ISNET_PREANNOTATE_BATCH", "16")))
-    queue_name: str = field(default_factory=lambda: _env("ISNET_QUEUE", "isnet-preannotate"))
-    ls_retries: int = field(default_factory=lambda: int(_env("ISNET_LS_RETRIES", "6")))
-    ls_backoff: float = field(default_factory=lambda: float(_env("ISNET_LS_BACKOFF", "1.0")))
-    ls_timeout: float = field(default_factory=lambda: float(_env("ISNET_LS_TIMEOUT", "30")))
-    redis_timeout: float = field(default_factory=lambda: float(_env("ISNET_REDIS_TIMEOUT", "0.5")))
-    local_queue: int = field(default_factory=lambda: int(_env("ISNET_LOCAL_QUEUE", "10000")))
-    inflight_ttl: float = field(default_factory=lambda: float(_env("ISNET_INFLIGHT_TTL", "600")))
+
+class Settings(BaseSettings):
+    """A snapshot of the environment; build a new one with :func:`load` to re-read it.
+
+    Fields may also be given by name (``Settings(home=..., engine="torch")``, tests do); they win
+    over the environment. :meth:`replace` makes a changed copy.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, case_sensitive=True, validate_by_name=True,
+                                      validate_by_alias=True, extra="forbid")
+
+    home: HomePath = env("ISNET_HOME", Path("~/.cache/isnet-ls"))
+    input_size: int = env("ISNET_INPUT_SIZE", 1024, ge=32, multiple_of=32)
+    max_pixels: int = env("ISNET_MAX_PIXELS", 64_000_000, gt=0)
+    device: str = env("ISNET_DEVICE", factory=_default_device)
+    threads: int = env("ISNET_THREADS", 0, ge=0)
+    weights: str = env("ISNET_WEIGHTS", "")
+    engine: str = env("ISNET_ENGINE", "auto")
+    calib_dir: str = env("ISNET_CALIB_DIR", "")
+    calib_sample: int = env("ISNET_CALIB_SAMPLE", 64, ge=0)
+    auto_int8_after: int = env("ISNET_AUTO_INT8_AFTER", 24, ge=0)
+    npm_package: str = env("ISNET_NPM_PACKAGE", "@imgly/background-removal-data@1.4.5")
+    npm_tarball: str = env("ISNET_NPM_TARBALL", "")
+    model_dir_env: str = env("MODEL_DIR", "")
+    redis_url: str = env("REDIS_URL", "")
+    log_level: Upper = env("LOG_LEVEL", "INFO")
+    label_studio_url: BaseUrl = env("LABEL_STUDIO_URL", "http://localhost:8080", "LABEL_STUDIO_HOST")
+    label_studio_api_key: str = env("LABEL_STUDIO_API_KEY", "", "LABEL_STUDIO_ACCESS_TOKEN")
+    allowed_hosts: Items = env("ISNET_ALLOWED_HOSTS", ())
+    threshold: float = env("ISNET_THRESHOLD", 0.5, ge=0, le=1)
+    from_name: str = env("ISNET_FROM_NAME", "")
+    label: str = env("ISNET_LABEL", "")
+    max_image_bytes: int = env("ISNET_MAX_IMAGE_BYTES", 104_857_600, gt=0)
+    fetch_timeout: float = env("ISNET_FETCH_TIMEOUT", 30.0, gt=0)
+    basic_auth_user: str = env("BASIC_AUTH_USER", "")
+    basic_auth_pass: str = env("BASIC_AUTH_PASS", "")
+    workers: int = env("WORKERS", 1, ge=1)
+    server_threads: int = env("THREADS", 32, ge=1)
+    predict_budget: float = env("ISNET_PREDICT_BUDGET", 60.0, ge=0)
+    predict_batch: int = env("ISNET_PREDICT_BATCH", 4, ge=1)
+    interactive_size: int = env("ISNET_INTERACTIVE_SIZE", 1024, ge=32, multiple_of=32)
+    interactive_margin: float = env("ISNET_INTERACTIVE_MARGIN", 0.2, ge=0)
+    interactive_images: int = env("ISNET_INTERACTIVE_IMAGES", 4, ge=0)
+    cache_mb: float = env("ISNET_CACHE_MB", 256.0, ge=0)
+    train_budget: float = env("ISNET_TRAIN_BUDGET", 30.0, ge=0)
+    train_iters: int = env("ISNET_TRAIN_ITERS", 0, ge=0)
+    train_batch: int = env("ISNET_TRAIN_BATCH", 0, ge=0)
+    train_crop: int = env("ISNET_TRAIN_CROP", 0, ge=0)
+    train_scales: Sizes = env("ISNET_TRAIN_SCALES", ())
+    train_lr: float = env("ISNET_TRAIN_LR", 0.00001, gt=0)
+    train_schedule: Lower = env("ISNET_TRAIN_SCHEDULE", "cosine")
+    train_feature_loss: Lower = env("ISNET_TRAIN_FEATURE_LOSS", "mse")
+    train_feature_weight: float = env("ISNET_TRAIN_FEATURE_WEIGHT", 0.02, ge=0)
+    train_amp: Lower = env("ISNET_TRAIN_AMP", "auto")
+    train_gt_iters: int = env("ISNET_TRAIN_GT_ITERS", 2000, ge=0)
+    train_anchors: str = env("ISNET_TRAIN_ANCHORS", "builtin")
+    train_anchor_drift: float = env("ISNET_TRAIN_ANCHOR_DRIFT", 0.025, ge=0)
+    train_share: Lower = env("ISNET_TRAIN_SHARE", "auto")
+    project_lineages: Items = env("ISNET_PROJECT_LINEAGES", ())
+    max_loaded_models: int = env("ISNET_MAX_LOADED_MODELS", 3, ge=1)
+    holdout_fraction: float = env("ISNET_HOLDOUT_FRACTION", 0.2, gt=0, lt=1)
+    promote_rule: Lower = env("ISNET_PROMOTE_RULE", "bootstrap")
+    promote_min_heldout: int = env("ISNET_PROMOTE_MIN_HELDOUT", 30, ge=0)
+    min_new_labels: int = env("ISNET_MIN_NEW_LABELS", 10, ge=0)
+    preannotate_batch: int = env("ISNET_PREANNOTATE_BATCH", 16, ge=1)
+    queue_name: str = env("ISNET_QUEUE", "isnet-preannotate")
+    ls_retries: int = env("ISNET_LS_RETRIES", 6, ge=1)
+    ls_backoff: float = env("ISNET_LS_BACKOFF", 1.0, ge=0)
+    ls_timeout: float = env("ISNET_LS_TIMEOUT", 30.0, gt=0)
+    redis_timeout: float = env("ISNET_REDIS_TIMEOUT", 0.5, gt=0)
+    local_queue: int = env("ISNET_LOCAL_QUEUE", 10_000, ge=0)
+    inflight_ttl: float = env("ISNET_INFLIGHT_TTL", 600.0, gt=0)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(describe(exc)) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_default(cls, data: Any) -> Any:
+        """Values are stripped, and an empty or blank one means the default (as an unset variable)."""
+        if not isinstance(data, dict):
+            return data
+        stripped = {key: value.strip() if isinstance(value, str) else value for key, value in data.items()}
+        return {key: value for key, value in stripped.items() if value != ""}
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` (by field name), validated like the environment's values."""
+        return type(self)(**{**self.model_dump(), **changes})
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The configured secret values (token, passwords), for :func:`backend.redaction.remember`."""
+        redis_password = urlsplit(self.redis_url).password if self.redis_url else None
+        return tuple(v for v in (self.label_studio_api_key, self.basic_auth_pass, redis_password) if v)
 
     @property
     def weights_dir(self) -> Path:
@@ -179,8 +240,33 @@ class Settings:
         return Path(self.model_dir_env).expanduser() if self.model_dir_env else self.home / "models"
 
 
+def variable_of(field_or_alias: str) -> str:
+    """The environment variable a field (or one of its aliases) is read from."""
+    info = Settings.model_fields.get(field_or_alias)
+    if info is None:
+        return field_or_alias
+    alias = info.validation_alias
+    return alias.choices[0] if isinstance(alias, AliasChoices) else str(alias)
+
+
+def describe(exc: ValidationError) -> str:
+    """One line naming each bad variable, its value (unless secret) and what is wrong with it."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        name = variable_of(loc[0]) if loc else "settings"
+        where = ".".join([name, *loc[1:]])
+        shown = "" if name in SECRET or "input" not in error or isinstance(error["input"], dict) \
+            else f"={error['input']!r}"
+        problems.append(f"{where}{shown}: {error['msg']}")
+    return "invalid setting " + "; ".join(problems)
+
+
 def load() -> Settings:
-    """Read the environment now (cheap; call it where the value is needed)."""
+    """Read the environment now (cheap; call it where the value is needed).
+
+    Raises :class:`SettingsError` (a ``ValueError``) naming the variable when a value is unusable.
+    """
     return Settings()
 
 

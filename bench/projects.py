@@ -16,7 +16,6 @@ the second is warm. Reported: median cold and warm latency, model loads and evic
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from backend.settings import load
 
 def make_projects(model_dir: Path, projects: int) -> list[str]:
     """``projects`` lineages ``p1..pN``, each serving its own version (a link to the pretrained weights)."""
-    settings = dataclasses.replace(load(), model_dir_env=str(model_dir))
+    settings = load().replace(model_dir_env=str(model_dir))
     base = ModelRegistry(settings)
     weights = base.pretrained().checkpoint
     names = []

@@ -6,7 +6,6 @@ pretrained weights) at 320, the vendor's input size: fp32 and fp16 through servi
 path, int8 through ``isnet engine build`` on 8 DUTS-TR calibration images (at 320, its default).
 """
 
-import dataclasses
 import json
 import shutil
 
@@ -170,7 +169,7 @@ def test_the_sidecar_records_checksum_version_and_calibration(env, version, engi
 @pytest.fixture
 def copied_store(env, version, engines, tmp_path):
     """A copy of the built engines in a fresh MODEL_DIR, so breaking them spares the others' tests."""
-    settings = dataclasses.replace(env, model_dir_env=str(tmp_path / "models"))
+    settings = env.replace(model_dir_env=str(tmp_path / "models"))
     copy = ModelVersion(version.name, version.checkpoint, tmp_path / "models" / "versions" / version.name)
     shutil.copytree(EngineStore(version, env).dir, copy.directory / "engines")
     return EngineStore(copy, settings)

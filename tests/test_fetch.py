@@ -9,7 +9,6 @@ resolves to a given address.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import json
 import socket
@@ -259,7 +258,7 @@ def settings(base_settings: Settings, ls: FakeLabelStudio) -> Callable[..., Sett
             "max_image_bytes": 1 << 20,
             **changes,
         }
-        return dataclasses.replace(base_settings, **values)
+        return base_settings.replace(**values)
 
     return make
 

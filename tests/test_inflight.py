@@ -7,7 +7,6 @@ agree; ``/predict`` (Flask test client, an untrained ISNet at 64x64) answers hel
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 import uuid
@@ -231,7 +230,7 @@ def test_a_job_marks_what_it_wrote_and_releases_what_failed(ls, job_settings, pr
     del ls.tasks[ids[2]]  # deleted in Label Studio after it was handed over
     registry = MemoryInFlight(MemoryTable(), pending_ttl=60)
     registry.hold(project, predictor.model_version, ids)
-    outcome = run_job(ls, dataclasses.replace(job_settings, label_studio_url=ls.url), predictor, project, ids,
+    outcome = run_job(ls, job_settings.replace(label_studio_url=ls.url), predictor, project, ids,
                       registry)
     assert (outcome.done, outcome.failed) == (2, 1)
     assert registry.states(project, predictor.model_version, ids) == {ids[0]: "written", ids[1]: "written"}
@@ -243,7 +242,7 @@ def test_a_task_predicted_meanwhile_is_not_written_again_and_stays_marked(ls, jo
     ls.predictions.append({"id": 900, "task": ids[0], "result": [], "model_version": predictor.model_version})
     registry = MemoryInFlight(MemoryTable(), pending_ttl=60)
     registry.hold(project, predictor.model_version, ids)
-    outcome = run_job(ls, dataclasses.replace(job_settings, label_studio_url=ls.url), predictor, project, ids,
+    outcome = run_job(ls, job_settings.replace(label_studio_url=ls.url), predictor, project, ids,
                       registry)
     assert (outcome.done, outcome.skipped) == (1, 1)
     assert [len(ls.predictions_of(i)) for i in ids] == [1, 1]
@@ -257,13 +256,13 @@ def test_a_job_stopped_by_label_studio_down_releases_its_tasks(ls, job_settings,
     registry = MemoryInFlight(MemoryTable(), pending_ttl=60)
     registry.hold(project, predictor.model_version, ids)
     with pytest.raises(LabelStudioDown):
-        run_job(ls, dataclasses.replace(job_settings, label_studio_url=ls.url), predictor, project, ids, registry)
+        run_job(ls, job_settings.replace(label_studio_url=ls.url), predictor, project, ids, registry)
     assert registry.held(project, predictor.model_version, ids) == set()
 
 
 def test_tasks_dropped_by_a_full_in_process_queue_are_released(job_settings, predictor):
     local.reset()
-    settings = dataclasses.replace(job_settings, local_queue=2, label_studio_url="http://127.0.0.1:9")
+    settings = job_settings.replace(local_queue=2, label_studio_url="http://127.0.0.1:9")
     project = new_project()
     inflight.registry(settings).hold(project, "v", [1, 2, 3, 4])
     runner = local.LocalRunner(settings)
@@ -275,7 +274,7 @@ def test_tasks_dropped_by_a_full_in_process_queue_are_released(job_settings, pre
 
 def test_deferred_tasks_are_held_until_the_in_process_job_wrote_them_once(ls, job_settings):
     local.reset()
-    settings = dataclasses.replace(job_settings, label_studio_url=ls.url)
+    settings = job_settings.replace(label_studio_url=ls.url)
     model = ISNetModel(settings)
     model.setup()
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
@@ -129,6 +128,6 @@ def test_the_token_setup_carries_reaches_the_fetcher_the_pipeline_uses(model):
 
 
 def test_a_configured_api_key_is_not_replaced_by_the_token_setup_carries(settings):
-    model = ISNetModel(dataclasses.replace(settings, label_studio_api_key="configured-key"))
+    model = ISNetModel(settings.replace(label_studio_api_key="configured-key"))
     model.use_label_studio_token("another-key")
     assert model.fetcher.auth.api_key == "configured-key"

@@ -6,7 +6,6 @@ untrained ISNet at 64x64 predicts: these tests are about what is written where, 
 
 from __future__ import annotations
 
-import dataclasses
 import io
 
 import numpy as np
@@ -59,7 +58,7 @@ def ls(fake_label_studio):
 
 @pytest.fixture
 def settings(base_settings, ls) -> Settings:
-    return dataclasses.replace(base_settings, label_studio_url=ls.url)
+    return base_settings.replace(label_studio_url=ls.url)
 
 
 def run(ls, settings, predictor, task_ids, sleeps=None):
@@ -157,7 +156,7 @@ def test_a_prediction_rejected_with_a_4xx_is_recorded_and_not_retried(ls, settin
 
 def test_a_bad_token_fails_every_task_at_once(ls, settings, predictor):
     ids = ls.add_tasks(PROJECT, "/img/a.png", 2)
-    bad = dataclasses.replace(settings, label_studio_api_key="wrong-token")
+    bad = settings.replace(label_studio_api_key="wrong-token")
     outcome, _ = run(ls, bad, predictor, ids)
     assert (outcome.done, outcome.failed) == (0, 2)
     assert "401" in outcome.errors[0]

@@ -5,8 +5,6 @@ An untrained network at 64x64 stands in for ISNet: these tests are about the pro
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from backend.labelstudio.rle import rle_to_mask
@@ -170,7 +168,7 @@ def test_an_unknown_route_is_a_json_404(client):
 
 @pytest.fixture(scope="module")
 def guarded_client(settings, model):
-    guarded = dataclasses.replace(settings, basic_auth_user="ls", basic_auth_pass="s3cret")
+    guarded = settings.replace(basic_auth_user="ls", basic_auth_pass="s3cret")
     return create_app(guarded, model).test_client()
 
 

@@ -8,7 +8,6 @@ test) the jobs are queued, and a repeated event says it joined the job already w
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
 
@@ -43,7 +42,7 @@ def client(settings):
 
 @pytest.fixture
 def rq_settings(settings):
-    rq = dataclasses.replace(settings, redis_url=REDIS_URL, label_studio_api_key="a-key",
+    rq = settings.replace(redis_url=REDIS_URL, label_studio_api_key="a-key",
                              queue_name=f"isnet-test-webhook-{uuid.uuid4().hex[:8]}")
     yield rq
     connection = Redis.from_url(REDIS_URL)
@@ -93,7 +92,7 @@ def test_tasks_created_without_task_ids_is_skipped(rq_settings):
 
 
 def test_a_full_in_process_queue_skips_the_tasks_and_says_so(settings):
-    full = dataclasses.replace(settings, label_studio_api_key="a-key", local_queue=2, preannotate_batch=4)
+    full = settings.replace(label_studio_api_key="a-key", local_queue=2, preannotate_batch=4)
     local.reset()
     try:
         outcome = hooks.enqueue_event("TASKS_CREATED", PROJECT, event("TASKS_CREATED"), full)

@@ -5,7 +5,6 @@ A real Redis (127.0.0.1:6379) and a real stand-in Label Studio; an untrained ISN
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -59,7 +58,7 @@ def ls(fake_label_studio):
 
 @pytest.fixture
 def settings(base_settings, ls) -> Settings:
-    return dataclasses.replace(base_settings, label_studio_url=ls.url)
+    return base_settings.replace(label_studio_url=ls.url)
 
 
 @pytest.fixture
@@ -89,14 +88,14 @@ def test_predict_overflow_is_routed_to_the_same_jobs(ls, settings, local_runner,
 
 def test_the_in_process_queue_is_bounded(ls, settings, predictor):
     local.reset()
-    runner = local.LocalRunner(dataclasses.replace(settings, local_queue=4, label_studio_url="http://127.0.0.1:9"))
+    runner = local.LocalRunner(settings.replace(local_queue=4, label_studio_url="http://127.0.0.1:9"))
     runner.submit(PROJECT, [[1, 2, 3, 4], [5, 6, 7, 8]], "v")
     assert runner.dropped == 4
 
 
 @pytest.fixture
 def rq_settings(settings):
-    s = dataclasses.replace(settings, redis_url=REDIS_URL, queue_name=f"isnet-test-{uuid.uuid4().hex[:8]}")
+    s = settings.replace(redis_url=REDIS_URL, queue_name=f"isnet-test-{uuid.uuid4().hex[:8]}")
     yield s
     connection = Redis.from_url(REDIS_URL)
     queue = Queue(s.queue_name, connection=connection)
@@ -134,7 +133,7 @@ def test_an_rq_job_writes_the_predictions_and_reports_progress_in_its_meta(
 
 
 def test_webhook_answers_503_at_once_when_redis_is_unreachable_and_serving_goes_on(settings):
-    down = dataclasses.replace(settings, redis_url=closed_port_url())
+    down = settings.replace(redis_url=closed_port_url())
     model = ISNetModel(down)
     client = create_app(down, model).test_client()
     try:

@@ -12,7 +12,8 @@ import argparse
 import logging
 import sys
 
-from backend.settings import load
+from backend import redaction
+from backend.settings import SettingsError, load
 from worker.recovery import RecoveringWorker, recover_abandoned
 
 log = logging.getLogger("worker")
@@ -23,8 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument("--name", help="worker name (default: RQ's)")
     args = parser.parse_args(argv)
-    settings = load()
+    try:
+        settings = load()
+    except SettingsError as exc:  # a bad variable: one line that names it, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redaction.remember(*settings.secrets)
+    redaction.install()  # no log line shows REDIS_URL's password, a token or a presigned query
     if not settings.redis_url:
         print("REDIS_URL is not set: without Redis the server pre-annotates in its own background thread, "
               "no worker is needed. Set REDIS_URL=redis://host:6379/0 to run workers.", file=sys.stderr)
@@ -37,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         connection.ping()
     except (RedisError, OSError) as exc:
-        print(f"cannot reach Redis at {settings.redis_url}: {exc}. Start Redis or fix REDIS_URL.", file=sys.stderr)
+        where = redaction.redact(settings.redis_url)
+        print(f"cannot reach Redis at {where}: {redaction.redact(str(exc))}. Start Redis or fix REDIS_URL.",
+              file=sys.stderr)
         return 1
     queue = Queue(settings.queue_name, connection=connection)
     recover_abandoned(queue)

@@ -11,8 +11,8 @@ import importlib
 import logging
 import sys
 
-from backend import __version__
-from backend.settings import load
+from backend import __version__, redaction
+from backend.settings import SettingsError, load
 
 SUBCOMMANDS = ("weights", "predict", "evaluate", "serve", "train", "engine", "preannotate", "model")
 
@@ -32,8 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = "DEBUG" if args.verbose else load().log_level
+    try:
+        settings = load()
+    except SettingsError as exc:  # a bad variable: one line that names it, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    level = "DEBUG" if args.verbose else settings.log_level
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redaction.remember(*settings.secrets)
+    redaction.install()  # no log line shows a password, token or presigned query
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

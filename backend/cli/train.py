@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -113,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {args.out} already exists; a cycle writes a new directory", file=sys.stderr)
         return 2
     if args.share:
-        settings = dataclasses.replace(settings, train_share=args.share)
+        settings = settings.replace(train_share=args.share)
     progress = TqdmProgress()
     try:
         options = options_from_args(args, settings)

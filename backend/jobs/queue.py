@@ -11,6 +11,7 @@ import hashlib
 from typing import Any
 
 from backend.jobs.connection import QueueUnavailable, redis_connection
+from backend.redaction import redact
 from backend.settings import Settings
 
 JOB_FUNCTION = "worker.jobs.run_preannotation"
@@ -68,7 +69,7 @@ def _enqueue_rq(project_id: int, parts: list[list[int]], model_version: str, set
             queue.enqueue_many(jobs)
             RedisProgress(connection, settings.queue_name).incr("total", sum(len(part) for _, part in fresh))
     except (RedisError, OSError) as exc:
-        raise QueueUnavailable(f"Redis at {settings.redis_url} is unreachable: {exc}") from exc
+        raise QueueUnavailable(f"Redis at {redact(settings.redis_url)} is unreachable: {exc}") from exc
     finally:
         connection.close()
     return [jid for jid, _ in fresh]

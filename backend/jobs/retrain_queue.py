@@ -22,6 +22,7 @@ import uuid
 
 from backend.jobs.connection import QueueUnavailable, redis_connection
 from backend.jobs.queue import ACTIVE
+from backend.redaction import redact
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def submit(project_id: int, *, force: bool = False, settings: Settings) -> str |
             failure_ttl=7 * 86400, description=f"retrain project {project_id}")
         return job_id
     except (RedisError, OSError) as exc:
-        raise QueueUnavailable(f"Redis at {settings.redis_url} is unreachable: {exc}") from exc
+        raise QueueUnavailable(f"Redis at {redact(settings.redis_url)} is unreachable: {exc}") from exc
     finally:
         connection.close()
 

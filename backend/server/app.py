@@ -13,6 +13,7 @@ import time
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from backend import redaction
 from backend.model import ISNetModel
 from backend.server.auth import basic_auth_ok
 from backend.server.routes import bp, error
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None, model: ISNetModel | None = None
     An edge: without ``settings`` (a WSGI server calling the factory) they are read from the
     environment here, and passed down explicitly from here on."""
     settings = settings or load()
+    redaction.remember(*settings.secrets)  # masked in every log line and error this process shows
     stats = model.stats if model is not None else Stats()
     model = model or ISNetModel(settings, stats=stats)
     model.setup()

@@ -15,6 +15,7 @@ from flask import Blueprint, Response, current_app, request
 
 from backend.jobs.connection import QueueUnavailable
 from backend.model import LabelConfigError
+from backend.redaction import redact
 from backend.server.state import ServerState
 
 bp = Blueprint("protocol", __name__)
@@ -35,7 +36,8 @@ def reply(body: Any, status: int = 200) -> Response:
 
 
 def error(message: str, status: int) -> Response:
-    return reply({"error": message}, status)
+    """An error body; secrets in ``message`` (a Redis URL's password, a presigned query) are masked."""
+    return reply({"error": redact(message)}, status)
 
 
 def json_body(kind: type = dict) -> Any:

@@ -16,6 +16,8 @@ import time
 import uuid
 from typing import Any
 
+from backend.redaction import RedactingFilter
+
 _REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is logged as a field.
@@ -65,18 +67,18 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = record.exc_text or self.formatException(record.exc_info)  # redacted by the filter
         return json.dumps(entry, default=str)
 
 
 def logging_config(level: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for the server and gunicorn's own loggers alike."""
-    handler = {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"],
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id", "redact"],
                "stream": "ext://sys.stderr"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": RequestIdFilter}},
+        "filters": {"request_id": {"()": RequestIdFilter}, "redact": {"()": RedactingFilter}},
         "formatters": {"json": {"()": JsonFormatter}},
         "handlers": {"json": handler},
         "root": {"level": level, "handlers": ["json"]},

@@ -12,6 +12,8 @@ import time
 from collections import Counter, deque
 from typing import Any
 
+from backend.redaction import redact, redact_data
+
 MAX_ERRORS = 20
 
 
@@ -30,7 +32,8 @@ class Stats:
 
     def error(self, kind: str, message: str, **fields: Any) -> None:
         """Remember an error (newest last); ``fields`` say where (task id, request id, ...)."""
-        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kind": kind, "message": message, **fields}
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kind": kind, "message": redact(message),
+                 **redact_data(fields)}
         with self._lock:
             self._counters[f"errors.{kind}"] += 1
             self._errors.append(entry)
