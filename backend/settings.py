@@ -40,6 +40,8 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``THREADS`` | ``32`` | request threads per worker; two are kept free of ``/predict`` for ``/health``, ``/setup`` |
 | ``ISNET_PREDICT_BUDGET`` | ``60`` | seconds per ``/predict`` (LS waits 100); the rest is queued for pre-annotation |
 | ``ISNET_PREDICT_BATCH`` | ``4`` | images per engine call; bounds memory (about 0.6 GB per image at 1024 on CPU) |
+| ``ISNET_MAX_BODY_BYTES`` | ``67108864`` | larger request bodies (64 MiB) are refused with 413 before they are read |
+| ``ISNET_MAX_PROMPTS`` | ``50`` | smart-tool regions one interactive request may carry; more: refused whole, unread |
 | ``ISNET_INTERACTIVE_SIZE`` | ``1024`` | network input for box and click prompts (a crop of the full image) |
 | ``ISNET_INTERACTIVE_MARGIN`` | ``0.2`` | context around a box prompt, per side, in fractions of its size |
 | ``ISNET_INTERACTIVE_IMAGES`` | ``4`` | decoded task images kept for further prompts on the same image |
@@ -64,6 +66,7 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``ISNET_PROMOTE_RULE`` | ``bootstrap`` | per-image MAE change's 95 % CI below 0; or ``mae_not_worse``, ``always``... |
 | ``ISNET_PROMOTE_MIN_HELDOUT`` | ``30`` | fewer held-out images are too few to judge (the champion stays) |
 | ``ISNET_MIN_NEW_LABELS`` | ``10`` | new or edited labels before an automatic cycle (Start training ignores it) |
+| ``ISNET_RETRAIN_WAITING`` | ``50`` | projects that may have a retraining cycle waiting at once; more are skipped |
 | ``ISNET_PREANNOTATE_BATCH`` | ``16`` | tasks per pre-annotation job (an import becomes many small jobs) |
 | ``ISNET_QUEUE`` | ``isnet-preannotate`` | RQ queue of pre-annotation and retraining jobs (``python -m worker``) |
 | ``ISNET_LS_RETRIES`` | ``6`` | tries of a Label Studio API call that timed out or got a 5xx |
@@ -134,6 +137,8 @@ class Settings:
     server_threads: int = field(default_factory=lambda: int(_env("THREADS", "32")))
     predict_budget: float = field(default_factory=lambda: float(_env("ISNET_PREDICT_BUDGET", "60")))
     predict_batch: int = field(default_factory=lambda: int(_env("ISNET_PREDICT_BATCH", "4")))
+    max_body_bytes: int = field(default_factory=lambda: int(_env("ISNET_MAX_BODY_BYTES", "67108864")))
+    max_prompts: int = field(default_factory=lambda: int(_env("ISNET_MAX_PROMPTS", "50")))
     interactive_size: int = field(default_factory=lambda: int(_env("ISNET_INTERACTIVE_SIZE", "1024")))
     interactive_margin: float = field(default_factory=lambda: float(_env("ISNET_INTERACTIVE_MARGIN", "0.2")))
     interactive_images: int = field(default_factory=lambda: int(_env("ISNET_INTERACTIVE_IMAGES", "4")))
@@ -159,6 +164,7 @@ class Settings:
     promote_rule: str = field(default_factory=lambda: _env("ISNET_PROMOTE_RULE", "bootstrap").lower())
     promote_min_heldout: int = field(default_factory=lambda: int(_env("ISNET_PROMOTE_MIN_HELDOUT", "30")))
     min_new_labels: int = field(default_factory=lambda: int(_env("ISNET_MIN_NEW_LABELS", "10")))
+    retrain_waiting: int = field(default_factory=lambda: int(_env("ISNET_RETRAIN_WAITING", "50")))
     preannotate_batch: int = field(default_factory=lambda: int(_env("ISNET_PREANNOTATE_BATCH", "16")))
     queue_name: str = field(default_factory=lambda: _env("ISNET_QUEUE", "isnet-preannotate"))
     ls_retries: int = field(default_factory=lambda: int(_env("ISNET_LS_RETRIES", "6")))

@@ -146,7 +146,7 @@ def test_webhook_answers_503_at_once_when_redis_is_unreachable_and_serving_goes_
         assert "queue is unavailable" in response.get_json()["error"]
         assert client.get("/health").status_code == 200
         assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": 5}).status_code == 200
-        assert "error" in client.get("/metrics").get_json()["preannotation"]
+        assert "error" in client.get("/metrics.json").get_json()["preannotation"]
     finally:
         model.service.stop()
 

@@ -7,8 +7,13 @@ first event of a burst enqueue a job; later events find it and only raise the ``
 when one is ``START_TRAINING``. The job takes the project's Redis lock before it clears the
 marker, so while one cycle runs the next events queue exactly one successor, which waits for
 the lock. Without Redis, the server starts ``python -m worker.retrain`` as a child process (one
-per project at a time, a second request remembered and run after it): training never runs in
-the serving process, so ``/health`` and ``/predict`` stay fast.
+at a time for all projects, the others' requests remembered and run in turn): training never runs
+in the serving process, so ``/health`` and ``/predict`` stay fast.
+
+Why a bound: every webhook names a project, and a project id is just a number in the body, so at
+most ``ISNET_RETRAIN_WAITING`` projects may have a cycle waiting at once (a Redis set of them, or
+the in-process list); an event beyond that is refused with :class:`RetrainQueueFull` (``/webhook``
+says "skipped" and why) instead of growing the queue without end.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import sys
 import threading
 import time
 import uuid
+from typing import Any
 
+from backend.jobs import retrain_outcomes
 from backend.jobs.connection import QueueUnavailable, redis_connection
 from backend.jobs.queue import ACTIVE
 from backend.settings import Settings
@@ -39,6 +46,20 @@ def force_key(queue_name: str, project_id: int) -> str:
     return f"isnet:{queue_name}:retrain:force:{project_id}"
 
 
+def waiting_key(queue_name: str) -> str:
+    """The set of projects whose cycle waits in the queue (its size is bounded)."""
+    return f"isnet:{queue_name}:retrain:waiting"
+
+
+class RetrainQueueFull(Exception):
+    """``ISNET_RETRAIN_WAITING`` projects already have a cycle waiting; the message says so."""
+
+
+def _full(settings: Settings) -> RetrainQueueFull:
+    return RetrainQueueFull(f"{settings.retrain_waiting} project(s) already have a retraining cycle waiting "
+                            f"(ISNET_RETRAIN_WAITING); ask again when one has started")
+
+
 def lock_key(queue_name: str, lineage: str) -> str:
     """One running cycle per model lineage (projects that share one take turns)."""
     return f"isnet:{queue_name}:retrain:lock:{lineage}"
@@ -49,7 +70,7 @@ def submit(project_id: int, *, force: bool = False, settings: Settings) -> str |
     if not settings.redis_url:
         return local_runner().submit(project_id, force, settings)
     from redis.exceptions import RedisError
-    from rq import Queue
+    from rq import Callback, Queue
     from rq.job import Job
 
     connection = redis_connection(settings)
@@ -57,16 +78,21 @@ def submit(project_id: int, *, force: bool = False, settings: Settings) -> str |
     try:
         if force:
             connection.set(force_key(settings.queue_name, project_id), 1, ex=JOB_TIMEOUT_S)
-        job_id = f"retrain-{project_id}-{uuid.uuid4().hex[:12]}"
-        if not connection.set(pending, job_id, nx=True, ex=JOB_TIMEOUT_S):
-            waiting = connection.get(pending)
-            job = Job.fetch_many([waiting.decode()], connection=connection)[0] if waiting else None
+        waiting = connection.get(pending)
+        if waiting:
+            job = Job.fetch_many([waiting.decode()], connection=connection)[0]
             if job is not None and job.get_status(refresh=False) in ACTIVE:
                 return None  # coalesced into the job that already waits
-            connection.set(pending, job_id, ex=JOB_TIMEOUT_S)  # its job was lost or failed: replace it
+        if _waiting_projects(connection, settings, project_id) >= max(1, settings.retrain_waiting):
+            raise _full(settings)
+        job_id = f"retrain-{project_id}-{uuid.uuid4().hex[:12]}"
+        if not connection.set(pending, job_id, nx=not waiting, ex=JOB_TIMEOUT_S):
+            return None  # another process queued it meanwhile
+        connection.sadd(waiting_key(settings.queue_name), project_id)
         Queue(settings.queue_name, connection=connection).enqueue(
             JOB_FUNCTION, args=(project_id,), job_id=job_id, job_timeout=JOB_TIMEOUT_S, result_ttl=7 * 86400,
-            failure_ttl=7 * 86400, description=f"retrain project {project_id}")
+            failure_ttl=7 * 86400, description=f"retrain project {project_id}",
+            on_success=Callback(retrain_outcomes.ON_SUCCESS), on_failure=Callback(retrain_outcomes.ON_FAILURE))
         return job_id
     except (RedisError, OSError) as exc:
         raise QueueUnavailable(f"Redis at {settings.redis_url} is unreachable: {exc}") from exc
@@ -74,21 +100,38 @@ def submit(project_id: int, *, force: bool = False, settings: Settings) -> str |
         connection.close()
 
 
+def _waiting_projects(connection: Any, settings: Settings, asking: int) -> int:
+    """How many other projects have a cycle waiting; members whose job started (marker gone) leave the set."""
+    key = waiting_key(settings.queue_name)
+    members = [m for m in connection.smembers(key) if m.decode() != str(asking)]
+    markers = connection.mget([pending_key(settings.queue_name, int(m)) for m in members]) if members else []
+    started = [m for m, marker in zip(members, markers, strict=True) if marker is None]
+    if started:
+        connection.srem(key, *started)
+    return len(members) - len(started)
+
+
 class LocalRetrainer:
-    """Without Redis: one ``python -m worker.retrain`` child process per project, the next request remembered."""
+    """Without Redis: one ``python -m worker.retrain`` child process at a time for all projects; the
+    projects asking meanwhile wait in order (each once, at most ``ISNET_RETRAIN_WAITING`` of them)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.running: dict[int, subprocess.Popen] = {}
+        """The one cycle running (project -> its child process), or none."""
         self.pending: dict[int, bool] = {}
-        """Project -> force, for a request that came while its cycle ran."""
+        """Project -> force, for the requests that came while a cycle ran (first come, first run)."""
 
     def submit(self, project_id: int, force: bool, settings: Settings) -> str | None:
+        """The id of the cycle started now, or None when it waits (or joined one waiting);
+        :class:`RetrainQueueFull` when too many projects already wait."""
         if not settings.label_studio_api_key:  # the child has this process's environment: it could not export
             log.warning("retraining of project %s not started: LABEL_STUDIO_API_KEY is not set", project_id)
             return None
         with self._lock:
-            if project_id in self.running:
+            if self.running:
+                if project_id not in self.pending and len(self.pending) >= max(1, settings.retrain_waiting):
+                    raise _full(settings)
                 self.pending[project_id] = self.pending.get(project_id, False) or force
                 return None
             self._start(project_id, force, settings)
@@ -98,18 +141,20 @@ class LocalRetrainer:
         cmd = [sys.executable, "-m", "worker.retrain", "--project", str(project_id)] + (["--force"] if force else [])
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)  # the server's environment is the settings
         self.running[project_id] = process
-        threading.Thread(target=self._wait, args=(project_id, process, settings), daemon=True,
+        threading.Thread(target=self._wait, args=(project_id, process, settings, time.time()), daemon=True,
                          name=f"isnet-retrain-wait-{project_id}").start()
 
-    def _wait(self, project_id: int, process: subprocess.Popen, settings: Settings) -> None:
-        """Only waits (no training here); then starts the request that came meanwhile."""
+    def _wait(self, project_id: int, process: subprocess.Popen, settings: Settings, started: float) -> None:
+        """Only waits (no training here), counts the outcome; then starts the request that came first meanwhile."""
         code = process.wait()
         if code:
             log.error("retraining of project %s exited with %s", project_id, code)
+        retrain_outcomes.count_local(settings, project_id, started)
         with self._lock:
             self.running.pop(project_id, None)
-            if project_id in self.pending:
-                self._start(project_id, self.pending.pop(project_id), settings)
+            if self.pending:
+                next_project = next(iter(self.pending))
+                self._start(next_project, self.pending.pop(next_project), settings)
 
     def wait_idle(self, timeout: float) -> bool:
         """True once no cycle runs or waits (tests, shutdown)."""
