@@ -76,6 +76,21 @@ def local_cycles(outcomes: Iterable[str]) -> Counter:
         return _cycles
 
 
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    """One answered request (``route`` is the URL rule, a bounded set, never the raw path)."""
+    metrics = instruments()
+    labels = (method, route, str(status))
+    metrics.requests.labels(*labels).inc()
+    metrics.request_seconds.labels(*labels).observe(seconds)
+
+
+def observe_inference(seconds: float, images: int) -> None:
+    """One engine call of ``images`` images that took ``seconds``."""
+    metrics = instruments()
+    metrics.inference_seconds.observe(seconds)
+    metrics.inference_images.inc(images)
+
+
 def prepare_multiprocess_dir() -> Path:
     """Set ``PROMETHEUS_MULTIPROC_DIR`` (in the gunicorn master, before the fork) and empty it.
 
