@@ -8,7 +8,8 @@ second prompt on it costs only the crop's inference.
 
 A prompt that cannot be used (zero-size or out-of-image rectangle, keypoint outside the image,
 unknown label or tag, a context for another image) is dropped with a logged reason; when none
-is left the answer is an empty result, never an error.
+is left the answer is an empty result, never an error. A context with more than
+``ISNET_MAX_PROMPTS`` regions is refused whole, before the image is fetched or a region read.
 """
 
 from __future__ import annotations

@@ -45,6 +45,22 @@ def test_without_redis_one_child_runs_at_a_time_and_the_other_projects_wait_thei
     assert exported_projects(ls) == [PROJECT, *OTHERS]  # one after the other, in the order asked
 
 
+def test_without_redis_two_server_processes_of_a_host_take_turns(
+        fake_label_studio_export, random_checkpoint, tmp_path, monkeypatch):
+    ls = fake_label_studio_export
+    add_duts_tasks(ls, 1)
+    settings = settings_for(ls, random_checkpoint, tmp_path / "models")
+    for name, value in retrain_env(ls, random_checkpoint, settings.model_dir).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("REDIS_URL", "")
+    first, second = retrain_queue.LocalRetrainer(), retrain_queue.LocalRetrainer()  # each worker has its own
+    assert first.submit(PROJECT, False, settings)
+    assert second.submit(OTHERS[0], False, settings) is None  # the host lock is held: it waits
+    assert not second.running and second.pending == {OTHERS[0]: False}
+    assert first.wait_idle(240) and second.wait_idle(240)
+    assert exported_projects(ls) == [PROJECT, OTHERS[0]]
+
+
 def test_without_redis_projects_beyond_the_bound_are_skipped_with_the_reason(
         fake_label_studio_export, random_checkpoint, tmp_path, monkeypatch):
     ls = fake_label_studio_export

@@ -18,12 +18,14 @@ says "skipped" and why) instead of growing the queue without end.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from backend.jobs import retrain_outcomes
@@ -111,12 +113,44 @@ def _waiting_projects(connection: Any, settings: Settings, asking: int) -> int:
     return len(members) - len(started)
 
 
+HOST_LOCK_FILE = ".local-retrain.lock"
+
+
+class HostLock:
+    """An exclusive ``flock`` on a file in ``MODEL_DIR``: one retraining child per host, whichever of the
+    server's worker processes starts it (each has its own :class:`LocalRetrainer`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+
+    def acquire(self, blocking: bool) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a")  # noqa: SIM115 - held open while the lock is held
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._file = handle
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
 class LocalRetrainer:
-    """Without Redis: one ``python -m worker.retrain`` child process at a time for all projects; the
-    projects asking meanwhile wait in order (each once, at most ``ISNET_RETRAIN_WAITING`` of them)."""
+    """Without Redis: one ``python -m worker.retrain`` child process at a time for all projects (and,
+    through :class:`HostLock`, for all the server's processes on the host); the projects asking
+    meanwhile wait in order (each once, at most ``ISNET_RETRAIN_WAITING`` of them)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._host: HostLock | None = None
+        self._waiting_for_host = False
         self.running: dict[int, subprocess.Popen] = {}
         """The one cycle running (project -> its child process), or none."""
         self.pending: dict[int, bool] = {}
@@ -129,13 +163,43 @@ class LocalRetrainer:
             log.warning("retraining of project %s not started: LABEL_STUDIO_API_KEY is not set", project_id)
             return None
         with self._lock:
-            if self.running:
+            if self._host is None:
+                self._host = HostLock(settings.model_dir / HOST_LOCK_FILE)
+            if self.running or self.pending:
                 if project_id not in self.pending and len(self.pending) >= max(1, settings.retrain_waiting):
                     raise _full(settings)
                 self.pending[project_id] = self.pending.get(project_id, False) or force
                 return None
+            if not self._host.acquire(blocking=False):  # another process of this host runs a cycle
+                self.pending[project_id] = force
+                self._wait_for_host(settings)
+                return None
             self._start(project_id, force, settings)
             return f"local-retrain-{project_id}"
+
+    def _wait_for_host(self, settings: Settings) -> None:
+        """A thread that takes the host lock when the other process lets go, then runs what waits."""
+        if self._waiting_for_host:
+            return
+        self._waiting_for_host = True
+
+        def take() -> None:
+            assert self._host is not None
+            self._host.acquire(blocking=True)
+            with self._lock:
+                self._waiting_for_host = False
+                self._next(settings)
+
+        threading.Thread(target=take, daemon=True, name="isnet-retrain-host-lock").start()
+
+    def _next(self, settings: Settings) -> None:
+        """With the host lock held and ``self._lock`` taken: start the first waiting request, or let go."""
+        assert self._host is not None
+        if self.pending:
+            project_id = next(iter(self.pending))
+            self._start(project_id, self.pending.pop(project_id), settings)
+        else:
+            self._host.release()
 
     def _start(self, project_id: int, force: bool, settings: Settings) -> None:
         cmd = [sys.executable, "-m", "worker.retrain", "--project", str(project_id)] + (["--force"] if force else [])
@@ -152,9 +216,7 @@ class LocalRetrainer:
         retrain_outcomes.count_local(settings, project_id, started)
         with self._lock:
             self.running.pop(project_id, None)
-            if self.pending:
-                next_project = next(iter(self.pending))
-                self._start(next_project, self.pending.pop(next_project), settings)
+            self._next(settings)
 
     def wait_idle(self, timeout: float) -> bool:
         """True once no cycle runs or waits (tests, shutdown)."""
