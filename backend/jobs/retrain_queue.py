@@ -7,8 +7,9 @@ first event of a burst enqueue a job; later events find it and only raise the ``
 when one is ``START_TRAINING``. The job takes the project's Redis lock before it clears the
 marker, so while one cycle runs the next events queue exactly one successor, which waits for
 the lock. Without Redis, the server starts ``python -m worker.retrain`` as a child process (one
-at a time for all projects, the others' requests remembered and run in turn): training never runs
-in the serving process, so ``/health`` and ``/predict`` stay fast.
+at a time for all projects and all the server's worker processes on the host, the others' requests
+remembered and run in turn): training never runs in the serving process, so ``/health`` and
+``/predict`` stay fast, and a webhook naming many projects cannot start many trainings.
 
 Why a bound: every webhook names a project, and a project id is just a number in the body, so at
 most ``ISNET_RETRAIN_WAITING`` projects may have a cycle waiting at once (a Redis set of them, or
