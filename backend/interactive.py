@@ -8,7 +8,8 @@ second prompt on it costs only the crop's inference.
 
 A prompt that cannot be used (zero-size or out-of-image rectangle, keypoint outside the image,
 unknown label or tag, a context for another image) is dropped with a logged reason; when none
-is left the answer is an empty result, never an error.
+is left the answer is an empty result, never an error. A context with more than
+``ISNET_MAX_PROMPTS`` regions is refused whole, before the image is fetched or a region read.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from backend.isnet.prompting import segment_object
 from backend.labelstudio.config import BrushTarget
-from backend.labelstudio.prompts import PromptError, parse_prompts
+from backend.labelstudio.prompts import PromptError, check_prompt_count, parse_prompts
 from backend.labelstudio.tasks import image_url, task_label
 from backend.pipeline import TaskPipeline
 from backend.service.inference import PRIORITY_PROMPT
@@ -75,6 +76,11 @@ class InteractiveAnnotator:
     def predict(self, pipeline: TaskPipeline, task: dict[str, Any], context: dict[str, Any], label_config: str,
                 target: BrushTarget, deadline: float, request_id: str = "-") -> dict[str, Any]:
         """``{"result": [brush regions], "score", "model_version"}`` for the prompts in ``context``."""
+        try:
+            check_prompt_count(context, self.settings.max_prompts)
+        except PromptError as exc:  # before the image is fetched and before any grouping
+            log.warning("%s: interactive request refused: %s", task_label(task), exc)
+            return self._answer(pipeline, [], 0.0, [str(exc)])
         inference = pipeline.inference
         entry = self._image(pipeline, task, target)
         image = entry["image"]

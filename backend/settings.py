@@ -49,6 +49,8 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``THREADS`` | ``32`` | request threads per worker; two are kept free of ``/predict`` for ``/health``, ``/setup`` |
 | ``ISNET_PREDICT_BUDGET`` | ``60`` | seconds per ``/predict`` (LS waits 100); the rest is queued for pre-annotation |
 | ``ISNET_PREDICT_BATCH`` | ``4`` | images per engine call; bounds memory (about 0.6 GB per image at 1024 on CPU) |
+| ``ISNET_MAX_BODY_BYTES`` | ``67108864`` | larger request bodies (64 MiB) are refused with 413 before they are read |
+| ``ISNET_MAX_PROMPTS`` | ``50`` | smart-tool regions one interactive request may carry; more: refused whole, unread |
 | ``ISNET_INTERACTIVE_SIZE`` | ``1024`` | network input for box and click prompts (a crop of the full image) |
 | ``ISNET_INTERACTIVE_MARGIN`` | ``0.2`` | context around a box prompt, per side, in fractions of its size |
 | ``ISNET_INTERACTIVE_IMAGES`` | ``4`` | decoded task images kept for further prompts on the same image |
@@ -74,6 +76,7 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``ISNET_PROMOTE_MIN_HELDOUT`` | ``30`` | fewer held-out images are too few to judge (the champion stays) |
 | ``ISNET_MIN_NEW_LABELS`` | ``10`` | new or edited labels before an automatic cycle (Start training ignores it) |
 | ``ISNET_PREANNOTATE_BATCH`` | ``16`` | tasks per pre-annotation job (an import becomes many small jobs) |
+| ``ISNET_RETRAIN_WAITING`` | ``50`` | projects that may have a retraining cycle waiting at once; more are skipped |
 | ``ISNET_QUEUE`` | ``isnet-preannotate`` | RQ queue of pre-annotation and retraining jobs (``python -m worker``) |
 | ``ISNET_LS_RETRIES`` | ``6`` | tries of a Label Studio API call that timed out or got a 5xx |
 | ``ISNET_LS_BACKOFF`` | ``1.0`` | seconds before the first retry; doubled each retry (capped at 60 s) |
@@ -173,6 +176,8 @@ class Settings(BaseSettings):
     server_threads: int = env("THREADS", 32, ge=1)
     predict_budget: float = env("ISNET_PREDICT_BUDGET", 60.0, ge=0)
     predict_batch: int = env("ISNET_PREDICT_BATCH", 4, ge=1)
+    max_body_bytes: int = env("ISNET_MAX_BODY_BYTES", 67_108_864, ge=1)
+    max_prompts: int = env("ISNET_MAX_PROMPTS", 50, ge=1)
     interactive_size: int = env("ISNET_INTERACTIVE_SIZE", 1024, ge=32, multiple_of=32)
     interactive_margin: float = env("ISNET_INTERACTIVE_MARGIN", 0.2, ge=0)
     interactive_images: int = env("ISNET_INTERACTIVE_IMAGES", 4, ge=0)
@@ -197,6 +202,7 @@ class Settings(BaseSettings):
     promote_rule: Lower = env("ISNET_PROMOTE_RULE", "bootstrap")
     promote_min_heldout: int = env("ISNET_PROMOTE_MIN_HELDOUT", 30, ge=0)
     min_new_labels: int = env("ISNET_MIN_NEW_LABELS", 10, ge=0)
+    retrain_waiting: int = env("ISNET_RETRAIN_WAITING", 50, ge=1)
     preannotate_batch: int = env("ISNET_PREANNOTATE_BATCH", 16, ge=1)
     queue_name: str = env("ISNET_QUEUE", "isnet-preannotate")
     ls_retries: int = env("ISNET_LS_RETRIES", 6, ge=1)

@@ -8,7 +8,7 @@ setting of ``ISNET_MAX_LOADED_MODELS`` a fresh server gets, project after projec
 two single-task ``/predict`` of the 3000x2000 ``bike.jpeg``: the first is cold whenever that
 project's model was evicted since (always, when fewer models fit than projects are used in turn),
 the second is warm. Reported: median cold and warm latency, model loads and evictions (from
-``/metrics``), and the gunicorn worker's peak resident memory (VmHWM).
+``/metrics.json``), and the gunicorn worker's peak resident memory (VmHWM).
 
     .venv/bin/python bench/projects.py [--projects 10] [--size 1024] [--loaded 1,3,10] [--engine torch]
 """
@@ -56,7 +56,7 @@ def run(loaded: int, projects: int, size: int, engine: str, model_dir: Path, ima
             for n in range(1, projects + 1):
                 cold.append(predict(url, project=f"{n}.1700000000"))
                 warm.append(predict(url, project=f"{n}.1700000000"))
-        inference = requests.get(url + "/metrics", timeout=10).json()["inference"]
+        inference = requests.get(url + "/metrics.json", timeout=10).json()["inference"]
         peak = worker_peak_mib(proc.pid)
     return {"cold": statistics.median(cold), "warm": statistics.median(warm), "peak": peak,
             "loads": inference["model_loads"], "evictions": inference["model_evictions"]}

@@ -96,7 +96,7 @@ def backend(size: int, label_studio_url: str, threads: int, **overrides: str):
             if proc.poll() is not None:
                 raise SystemExit(f"isnet serve exited: {proc.stderr.read().decode()[-2000:]}")
             with contextlib.suppress(requests.RequestException):
-                if requests.get(url + "/metrics", timeout=2).json()["inference"]["seconds_per_image"]:
+                if requests.get(url + "/metrics.json", timeout=2).json()["inference"]["seconds_per_image"]:
                     break
             if time.monotonic() > deadline:
                 raise SystemExit("isnet serve did not come up in 600 s")

@@ -62,7 +62,7 @@ def wait_until_warm(backend_url: str) -> None:
     """The backend measures its speed on one image at start; wait so the batch gets the whole budget."""
     deadline = time.monotonic() + WARMUP_TIMEOUT_S
     while time.monotonic() < deadline:
-        if requests.get(backend_url + "/metrics", timeout=5).json()["inference"]["seconds_per_image"]:
+        if requests.get(backend_url + "/metrics.json", timeout=5).json()["inference"]["seconds_per_image"]:
             return
         time.sleep(0.5)
     raise AssertionError(f"{backend_url} did not finish its warm-up in {WARMUP_TIMEOUT_S} s")
@@ -88,7 +88,7 @@ def retrieved(request, label_studio, serve_backend, tmp_path_factory) -> Retriev
         second = label_studio.predictions(project)
         version = requests.post(backend.url + "/setup", json={"schema": CONFIG}, timeout=5).json()["model_version"]
         label_studio.annotate(first[0]["task"], first[0]["result"])  # the annotator accepts a prediction
-        events = requests.get(backend.url + "/metrics", timeout=5).json()["counters"]
+        events = requests.get(backend.url + "/metrics.json", timeout=5).json()["counters"]
         return Retrieved(kind, ml["state"], version, label_studio.tasks(project), first, second,
                          events.get("webhook.ANNOTATION_CREATED", 0))
     finally:

@@ -123,7 +123,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 def background_idle(backend_url: str) -> bool:
     """No pre-annotation waiting or running, in the server's thread or in RQ."""
-    state: dict[str, Any] = requests.get(backend_url + "/metrics", timeout=5).json()["preannotation"]
+    state: dict[str, Any] = requests.get(backend_url + "/metrics.json", timeout=5).json()["preannotation"]
     if state["backend"] == "rq":
         return "error" not in state and state["queued_jobs"] == 0 and state["started_jobs"] == 0
     return state.get("waiting", 0) == 0
@@ -148,7 +148,7 @@ def test_retrieving_twice_while_the_background_writes_and_once_after_leaves_one_
         version = requests.post(backend.url + "/setup", json={"schema": CONFIG}, timeout=5).json()["model_version"]
 
         label_studio.retrieve_predictions(project)
-        handed = requests.get(backend.url + "/metrics", timeout=5).json()["handed_over"]["preannotation_tasks"]
+        handed = requests.get(backend.url + "/metrics.json", timeout=5).json()["handed_over"]["preannotation_tasks"]
         assert handed > 0, f"a budget of {env['ISNET_PREDICT_BUDGET']} s must hand some tasks over"
         label_studio.retrieve_predictions(project)
         wait_for(lambda: set(predictions_per_task(label_studio, project)) >= set(task_ids)

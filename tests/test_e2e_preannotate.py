@@ -150,7 +150,7 @@ def check_two_imports(backend, version, label_studio, tmp_path) -> None:
     assert len(label_studio.predictions(project)) == len(everything)
     for prediction in label_studio.predictions(project):
         assert 0.0 <= prediction["score"] <= 1.0
-    metrics = requests.get(backend.url + "/metrics", timeout=5).json()["preannotation"]
+    metrics = requests.get(backend.url + "/metrics.json", timeout=5).json()["preannotation"]
     assert metrics["backend"] == "rq" and metrics["done"] >= len(everything)
 
 

@@ -63,7 +63,7 @@ def test_training_one_project_leaves_the_other_projects_model_and_masks_unchange
     deadline = time.monotonic() + CYCLE_TIMEOUT_S
     report: dict = {}
     while time.monotonic() < deadline:
-        report = requests.get(backend.url + "/metrics", timeout=5).json()["retraining"] or {}
+        report = requests.get(backend.url + "/metrics.json", timeout=5).json()["retraining"] or {}
         if report.get("forced") and report.get("status") not in (None, "running"):  # "Start training"'s cycle
             break
         time.sleep(1)

@@ -64,7 +64,7 @@ def test_annotations_then_start_training_give_a_new_version_that_setup_reports(
     deadline = time.monotonic() + CYCLE_TIMEOUT_S
     while time.monotonic() < deadline:  # the version switches just before the outcome is recorded
         version = setup_version(backend.url, project)
-        report = requests.get(backend.url + "/metrics", timeout=5).json()["retraining"] or {}
+        report = requests.get(backend.url + "/metrics.json", timeout=5).json()["retraining"] or {}
         if version != pretrained and report.get("status") not in (None, "running"):
             break
         time.sleep(1)

@@ -353,6 +353,6 @@ def test_a_deleted_project_stops_being_served_and_its_versions_stay(client, regi
 
 def test_metrics_show_what_each_lineage_serves(client, registry):
     assert main(["model", "use", "--project", "1", NEW]) == 0
-    lineages = client.get("/metrics").get_json()["lineages"]
+    lineages = client.get("/metrics.json").get_json()["lineages"]
     assert lineages["p1"]["current"] == NEW and not lineages["p1"]["follows_base"]
     assert lineages["base"]["current"] == registry.pretrained().name

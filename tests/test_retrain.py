@@ -101,7 +101,7 @@ def test_metrics_shows_the_latest_retraining_outcome(ls, settings):
     retrain_project(PROJECT, settings=settings)
     model = ISNetModel(settings)
     try:
-        shown = create_app(settings, model).test_client().get("/metrics").get_json()["retraining"]
+        shown = create_app(settings, model).test_client().get("/metrics.json").get_json()["retraining"]
     finally:
         model.service.stop()
     assert shown["project"] == PROJECT and shown["status"] == "skipped" and shown["labels"] == 1

@@ -145,7 +145,7 @@ def test_webhook_without_an_action_is_a_400(client):
 
 def test_metrics_count_requests_predictions_and_the_model_version(client, model):
     client.post("/predict", json=predict_body("/0003.jpeg"))
-    body = client.get("/metrics").get_json()
+    body = client.get("/metrics.json").get_json()
     assert body["model_version"] == model.model_version
     assert body["counters"]["requests.POST /predict 200"] >= 1
     assert body["counters"]["predict.tasks"] >= 1

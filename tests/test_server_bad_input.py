@@ -136,5 +136,5 @@ def test_an_empty_task_list_gets_an_empty_list_of_results(backend):
 def test_every_failure_is_listed_in_metrics_with_its_task(backend):
     with contextlib.suppress(AssertionError):
         predict(backend, "file:///etc/passwd")
-    errors = requests.get(backend.url + "/metrics", timeout=5).json()["last_errors"]
+    errors = requests.get(backend.url + "/metrics.json", timeout=5).json()["last_errors"]
     assert any("file:///etc/passwd" in e["message"] and e["task_id"] == 1 for e in errors)

@@ -49,7 +49,7 @@ def answered(backend, image_host):
     response = requests.post(backend.url + "/predict", timeout=100,
                              json={"tasks": tasks, "project": "9.1795550339", "label_config": CONFIG})
     seconds = time.monotonic() - start
-    metrics = requests.get(backend.url + "/metrics", timeout=5).json()
+    metrics = requests.get(backend.url + "/metrics.json", timeout=5).json()
     return response.json()["results"], seconds, metrics
 
 

@@ -1,5 +1,5 @@
 """The wall-time budget of a cycle: it stops in time, the step count and the learning rate follow
-the measured step time, and the progress (stage, step, ETA, loss) is visible to ``GET /metrics``."""
+the measured step time, and the progress (stage, step, ETA, loss) is visible to ``GET /metrics.json``."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ def test_without_redis_the_server_thread_writes_the_predictions(ls, settings, lo
     assert local_runner.wait_idle(60)
     assert all(len(ls.predictions_of(i)) == 1 for i in ids)
     assert progress(settings) == {"backend": "in-process", "total": 6, "done": 6, "skipped": 0, "failed": 0,
-                                  "waiting": 0, "dropped": 0, "chunks_done": 2}
+                                  "waiting": 0, "dropped": 0, "chunks_done": 2, "queued_chunks": 0}
 
 
 def test_predict_overflow_is_routed_to_the_same_jobs(ls, settings, local_runner, predictor):
@@ -145,7 +145,7 @@ def test_webhook_answers_503_at_once_when_redis_is_unreachable_and_serving_goes_
         assert "queue is unavailable" in response.get_json()["error"]
         assert client.get("/health").status_code == 200
         assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": 5}).status_code == 200
-        assert "error" in client.get("/metrics").get_json()["preannotation"]
+        assert "error" in client.get("/metrics.json").get_json()["preannotation"]
     finally:
         model.service.stop()
 

@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve ISNet pre-annotations to Label Studio (ML backend protocol)",
         description="Start the Label Studio ML backend: GET /health, POST /setup, POST /predict, POST /webhook, "
-        "GET /metrics, on gunicorn (WORKERS processes x THREADS threads). Connect it in Label Studio under "
+        "GET /metrics (Prometheus), GET /metrics.json, on gunicorn (WORKERS processes x THREADS threads). "
+        "Connect it in Label Studio under "
         "Settings > Model with this URL. Every setting is an environment variable (backend/settings.py).",
     )
     parser.add_argument("--host", default="127.0.0.1",

@@ -186,7 +186,11 @@ def _retrain(project_id: int, force: bool, settings: Settings) -> Handover:
     """A retraining cycle for the project (one already waiting takes this event in)."""
     from backend.jobs import retrain_queue
 
-    if retrain_queue.submit(project_id, force=force, settings=settings) is None:
+    try:
+        job = retrain_queue.submit(project_id, force=force, settings=settings)
+    except retrain_queue.RetrainQueueFull as exc:
+        return _skipped(str(exc))
+    if job is None:
         return _queued(f"joins the retraining cycle of project {project_id} already waiting")
     return _queued()
 

@@ -73,7 +73,7 @@ class LocalRunner:
         with self._lock:
             waiting = self._waiting
         return {**self.progress.snapshot(), "waiting": waiting, "dropped": self.dropped,
-                "chunks_done": self.chunks_done}
+                "chunks_done": self.chunks_done, "queued_chunks": self._queue.qsize()}
 
     def pipeline(self, client: LabelStudioClient, project_id: int) -> TaskPipeline:
         """The project's pipeline: the server's if attached, else one with networks of its own, loaded

@@ -7,19 +7,29 @@ first event of a burst enqueue a job; later events find it and only raise the ``
 when one is ``START_TRAINING``. The job takes the project's Redis lock before it clears the
 marker, so while one cycle runs the next events queue exactly one successor, which waits for
 the lock. Without Redis, the server starts ``python -m worker.retrain`` as a child process (one
-per project at a time, a second request remembered and run after it): training never runs in
-the serving process, so ``/health`` and ``/predict`` stay fast.
+at a time for all projects and all the server's worker processes on the host, the others' requests
+remembered and run in turn): training never runs in the serving process, so ``/health`` and
+``/predict`` stay fast, and a webhook naming many projects cannot start many trainings.
+
+Why a bound: every webhook names a project, and a project id is just a number in the body, so at
+most ``ISNET_RETRAIN_WAITING`` projects may have a cycle waiting at once (a Redis set of them, or
+the in-process list); an event beyond that is refused with :class:`RetrainQueueFull` (``/webhook``
+says "skipped" and why) instead of growing the queue without end.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
+from backend.jobs import retrain_outcomes
 from backend.jobs.connection import QueueUnavailable, redis_connection
 from backend.jobs.queue import ACTIVE
 from backend.redaction import redact
@@ -40,6 +50,20 @@ def force_key(queue_name: str, project_id: int) -> str:
     return f"isnet:{queue_name}:retrain:force:{project_id}"
 
 
+def waiting_key(queue_name: str) -> str:
+    """The set of projects whose cycle waits in the queue (its size is bounded)."""
+    return f"isnet:{queue_name}:retrain:waiting"
+
+
+class RetrainQueueFull(Exception):
+    """``ISNET_RETRAIN_WAITING`` projects already have a cycle waiting; the message says so."""
+
+
+def _full(settings: Settings) -> RetrainQueueFull:
+    return RetrainQueueFull(f"{settings.retrain_waiting} project(s) already have a retraining cycle waiting "
+                            f"(ISNET_RETRAIN_WAITING); ask again when one has started")
+
+
 def lock_key(queue_name: str, lineage: str) -> str:
     """One running cycle per model lineage (projects that share one take turns)."""
     return f"isnet:{queue_name}:retrain:lock:{lineage}"
@@ -50,7 +74,7 @@ def submit(project_id: int, *, force: bool = False, settings: Settings) -> str |
     if not settings.redis_url:
         return local_runner().submit(project_id, force, settings)
     from redis.exceptions import RedisError
-    from rq import Queue
+    from rq import Callback, Queue
     from rq.job import Job
 
     connection = redis_connection(settings)
@@ -58,16 +82,21 @@ def submit(project_id: int, *, force: bool = False, settings: Settings) -> str |
     try:
         if force:
             connection.set(force_key(settings.queue_name, project_id), 1, ex=JOB_TIMEOUT_S)
-        job_id = f"retrain-{project_id}-{uuid.uuid4().hex[:12]}"
-        if not connection.set(pending, job_id, nx=True, ex=JOB_TIMEOUT_S):
-            waiting = connection.get(pending)
-            job = Job.fetch_many([waiting.decode()], connection=connection)[0] if waiting else None
+        waiting = connection.get(pending)
+        if waiting:
+            job = Job.fetch_many([waiting.decode()], connection=connection)[0]
             if job is not None and job.get_status(refresh=False) in ACTIVE:
                 return None  # coalesced into the job that already waits
-            connection.set(pending, job_id, ex=JOB_TIMEOUT_S)  # its job was lost or failed: replace it
+        if _waiting_projects(connection, settings, project_id) >= max(1, settings.retrain_waiting):
+            raise _full(settings)
+        job_id = f"retrain-{project_id}-{uuid.uuid4().hex[:12]}"
+        if not connection.set(pending, job_id, nx=not waiting, ex=JOB_TIMEOUT_S):
+            return None  # another process queued it meanwhile
+        connection.sadd(waiting_key(settings.queue_name), project_id)
         Queue(settings.queue_name, connection=connection).enqueue(
             JOB_FUNCTION, args=(project_id,), job_id=job_id, job_timeout=JOB_TIMEOUT_S, result_ttl=7 * 86400,
-            failure_ttl=7 * 86400, description=f"retrain project {project_id}")
+            failure_ttl=7 * 86400, description=f"retrain project {project_id}",
+            on_success=Callback(retrain_outcomes.ON_SUCCESS), on_failure=Callback(retrain_outcomes.ON_FAILURE))
         return job_id
     except (RedisError, OSError) as exc:
         raise QueueUnavailable(f"Redis at {redact(settings.redis_url)} is unreachable: {exc}") from exc
@@ -75,42 +104,121 @@ def submit(project_id: int, *, force: bool = False, settings: Settings) -> str |
         connection.close()
 
 
+def _waiting_projects(connection: Any, settings: Settings, asking: int) -> int:
+    """How many other projects have a cycle waiting; members whose job started (marker gone) leave the set."""
+    key = waiting_key(settings.queue_name)
+    members = [m for m in connection.smembers(key) if m.decode() != str(asking)]
+    markers = connection.mget([pending_key(settings.queue_name, int(m)) for m in members]) if members else []
+    started = [m for m, marker in zip(members, markers, strict=True) if marker is None]
+    if started:
+        connection.srem(key, *started)
+    return len(members) - len(started)
+
+
+HOST_LOCK_FILE = ".local-retrain.lock"
+
+
+class HostLock:
+    """An exclusive ``flock`` on a file in ``MODEL_DIR``: one retraining child per host, whichever of the
+    server's worker processes starts it (each has its own :class:`LocalRetrainer`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+
+    def acquire(self, blocking: bool) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a")  # noqa: SIM115 - held open while the lock is held
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._file = handle
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
 class LocalRetrainer:
-    """Without Redis: one ``python -m worker.retrain`` child process per project, the next request remembered."""
+    """Without Redis: one ``python -m worker.retrain`` child process at a time for all projects (and,
+    through :class:`HostLock`, for all the server's processes on the host); the projects asking
+    meanwhile wait in order (each once, at most ``ISNET_RETRAIN_WAITING`` of them)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._host: HostLock | None = None
+        self._waiting_for_host = False
         self.running: dict[int, subprocess.Popen] = {}
+        """The one cycle running (project -> its child process), or none."""
         self.pending: dict[int, bool] = {}
-        """Project -> force, for a request that came while its cycle ran."""
+        """Project -> force, for the requests that came while a cycle ran (first come, first run)."""
 
     def submit(self, project_id: int, force: bool, settings: Settings) -> str | None:
+        """The id of the cycle started now, or None when it waits (or joined one waiting);
+        :class:`RetrainQueueFull` when too many projects already wait."""
         if not settings.label_studio_api_key:  # the child has this process's environment: it could not export
             log.warning("retraining of project %s not started: LABEL_STUDIO_API_KEY is not set", project_id)
             return None
         with self._lock:
-            if project_id in self.running:
+            if self._host is None:
+                self._host = HostLock(settings.model_dir / HOST_LOCK_FILE)
+            if self.running or self.pending:
+                if project_id not in self.pending and len(self.pending) >= max(1, settings.retrain_waiting):
+                    raise _full(settings)
                 self.pending[project_id] = self.pending.get(project_id, False) or force
+                return None
+            if not self._host.acquire(blocking=False):  # another process of this host runs a cycle
+                self.pending[project_id] = force
+                self._wait_for_host(settings)
                 return None
             self._start(project_id, force, settings)
             return f"local-retrain-{project_id}"
+
+    def _wait_for_host(self, settings: Settings) -> None:
+        """A thread that takes the host lock when the other process lets go, then runs what waits."""
+        if self._waiting_for_host:
+            return
+        self._waiting_for_host = True
+
+        def take() -> None:
+            assert self._host is not None
+            self._host.acquire(blocking=True)
+            with self._lock:
+                self._waiting_for_host = False
+                self._next(settings)
+
+        threading.Thread(target=take, daemon=True, name="isnet-retrain-host-lock").start()
+
+    def _next(self, settings: Settings) -> None:
+        """With the host lock held and ``self._lock`` taken: start the first waiting request, or let go."""
+        assert self._host is not None
+        if self.pending:
+            project_id = next(iter(self.pending))
+            self._start(project_id, self.pending.pop(project_id), settings)
+        else:
+            self._host.release()
 
     def _start(self, project_id: int, force: bool, settings: Settings) -> None:
         cmd = [sys.executable, "-m", "worker.retrain", "--project", str(project_id)] + (["--force"] if force else [])
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)  # the server's environment is the settings
         self.running[project_id] = process
-        threading.Thread(target=self._wait, args=(project_id, process, settings), daemon=True,
+        threading.Thread(target=self._wait, args=(project_id, process, settings, time.time()), daemon=True,
                          name=f"isnet-retrain-wait-{project_id}").start()
 
-    def _wait(self, project_id: int, process: subprocess.Popen, settings: Settings) -> None:
-        """Only waits (no training here); then starts the request that came meanwhile."""
+    def _wait(self, project_id: int, process: subprocess.Popen, settings: Settings, started: float) -> None:
+        """Only waits (no training here), counts the outcome; then starts the request that came first meanwhile."""
         code = process.wait()
         if code:
             log.error("retraining of project %s exited with %s", project_id, code)
+        retrain_outcomes.count_local(settings, project_id, started)
         with self._lock:
             self.running.pop(project_id, None)
-            if project_id in self.pending:
-                self._start(project_id, self.pending.pop(project_id), settings)
+            self._next(settings)
 
     def wait_idle(self, timeout: float) -> bool:
         """True once no cycle runs or waits (tests, shutdown)."""

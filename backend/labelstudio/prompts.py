@@ -120,6 +120,18 @@ def _brush_label(labels: Sequence[str], target: BrushTarget) -> str:
     return next((label for label in labels if label in target.labels), target.label)
 
 
+def check_prompt_count(context: Any, limit: int) -> None:
+    """:class:`PromptError` when ``context`` carries more than ``limit`` regions (``ISNET_MAX_PROMPTS``).
+
+    Called before the image is fetched and before any region is read: a request with thousands of
+    prompts costs one ``len``, not a grouping pass and the inference thread's top priority for its
+    whole budget."""
+    regions = context.get("result") if isinstance(context, Mapping) else None
+    if isinstance(regions, list) and len(regions) > limit:
+        raise PromptError(f"the interactive context has {len(regions)} regions; at most {limit} are taken "
+                          "(ISNET_MAX_PROMPTS): the request was refused, no region was used")
+
+
 def parse_prompts(context: Any, label_config: str, target: BrushTarget, width: int, height: int) -> Prompts:
     """The objects ``context`` asks for on a ``width x height`` image, and what was dropped.
 

@@ -1,8 +1,9 @@
 """The Flask application factory: protocol routes plus what wraps every request.
 
 Around each request: a request id (taken from ``X-Request-Id`` or made, echoed back, on every
-log line), optional basic auth, one structured access-log line with the duration, counters
-for ``/metrics``, and JSON errors instead of HTML pages, also for a crash inside a handler.
+log line), optional basic auth, a body over ``ISNET_MAX_BODY_BYTES`` refused (413) before it is
+read, one structured access-log line with the duration, counters for ``/metrics.json`` and
+Prometheus (``/metrics``), and JSON errors instead of HTML pages, also for a crash inside a handler.
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ from werkzeug.exceptions import HTTPException
 
 from backend import redaction
 from backend.model import ISNetModel
+from backend.server import prometheus
 from backend.server.auth import basic_auth_ok
 from backend.server.routes import bp, error
 from backend.server.state import ServerState
 from backend.service.logs import new_request_id, reset_request_id, set_request_id
 from backend.service.stats import Stats
+from backend.service.telemetry import observe_request
 from backend.settings import Settings, load
 
 log = logging.getLogger("backend.server.access")
-
-MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 def create_app(settings: Settings | None = None, model: ISNetModel | None = None) -> Flask:
@@ -38,9 +39,10 @@ def create_app(settings: Settings | None = None, model: ISNetModel | None = None
     model = model or ISNetModel(settings, stats=stats)
     model.setup()
     app = Flask("isnet_backend")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes  # also bounds a chunked body as it is read
     app.extensions["isnet"] = ServerState(settings, model, stats)
     app.register_blueprint(bp)
+    app.register_blueprint(prometheus.bp)
 
     @app.before_request
     def _begin() -> Response | None:
@@ -51,6 +53,9 @@ def create_app(settings: Settings | None = None, model: ISNetModel | None = None
             resp = error("authentication required (BASIC_AUTH_USER / BASIC_AUTH_PASS)", 401)
             resp.headers["WWW-Authenticate"] = 'Basic realm="isnet"'
             return resp
+        if (request.content_length or 0) > settings.max_body_bytes:  # refused unread
+            return error(f"the body has {request.content_length} bytes; at most {settings.max_body_bytes} are "
+                         "accepted (ISNET_MAX_BODY_BYTES)", 413)
         return None
 
     @app.after_request
@@ -59,6 +64,7 @@ def create_app(settings: Settings | None = None, model: ISNetModel | None = None
         ms = round((time.monotonic() - g.get("started", time.monotonic())) * 1000, 1)
         route = request.url_rule.rule if request.url_rule is not None else "unrouted"  # bounded key set
         stats.incr(f"requests.{request.method} {route} {response.status_code}")
+        observe_request(request.method, route, response.status_code, ms / 1000)
         log.info("%s %s %s %.1f ms", request.method, request.path, response.status_code, ms,
                  extra={"method": request.method, "path": request.path, "status": response.status_code,
                         "duration_ms": ms, "remote": request.remote_addr})

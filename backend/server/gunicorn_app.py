@@ -4,6 +4,8 @@ Why gunicorn with ``gthread`` workers: a production server (never Flask's develo
 whose request threads keep answering ``/health`` and ``/setup`` while other threads wait on
 inference. Each worker process loads its own model before it takes requests, after the fork:
 torch's OpenMP thread pool does not survive a fork, so nothing runs the network in the master.
+The master also sets ``PROMETHEUS_MULTIPROC_DIR`` before the fork, so ``GET /metrics`` counts
+across the workers (:mod:`backend.service.telemetry`); ``child_exit`` tells it a worker is gone.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from backend.service import telemetry
 from backend.service.logs import logging_config
 from backend.settings import Settings
 
@@ -38,7 +41,12 @@ def gunicorn_options(settings: Settings, host: str, port: int) -> dict[str, Any]
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
         # gunicorn >= 25.1 opens a control socket at one fixed path per user: two servers would collide.
         "control_socket_disable": True,
+        "child_exit": _child_exit,
     }
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    telemetry.mark_dead(worker.pid)
 
 
 class GunicornServer(BaseApplication):
@@ -47,7 +55,14 @@ class GunicornServer(BaseApplication):
     def __init__(self, settings: Settings, host: str, port: int) -> None:
         self.settings = settings
         self.options = gunicorn_options(settings, host, port)
+        self.metrics_dir = telemetry.prepare_multiprocess_dir()
         super().__init__()
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            telemetry.remove_multiprocess_dir(self.metrics_dir)
 
     def load_config(self) -> None:
         for key, value in self.options.items():

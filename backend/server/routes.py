@@ -19,6 +19,8 @@ from backend.redaction import redact
 from backend.server.state import ServerState
 
 bp = Blueprint("protocol", __name__)
+RETRY_AFTER_S = 5
+"""What a busy ``/predict`` tells the client to wait (``Retry-After``)."""
 
 
 class BadRequest(ValueError):
@@ -97,22 +99,25 @@ def versions() -> Response:
 
 @bp.post("/predict")
 def predict() -> Response:
-    body = json_body()
-    tasks = body.get("tasks")
-    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
-        raise BadRequest('"tasks" must be a list of task objects')
-    if not tasks:
-        return reply({"results": []})
-    label_config = body.get("label_config")
-    if not isinstance(label_config, str) or not label_config.strip():
-        raise BadRequest('"label_config" is missing: send the project\'s labeling config')
+    """A slot first, then the body: a request that cannot be served is refused with its body unread."""
     st = state()
     wait = st.slot_wait()
     if not st.predict_slots.acquire(timeout=wait):
         st.stats.incr("predict.refused")
-        return error(f"busy: no /predict slot came free within {wait:.0f} s, the time this request had left; "
-                     "try again shortly", 503)
+        resp = error(f"busy: no /predict slot came free within {wait:.0f} s, the time this request had left; "
+                     "its body was not read; try again shortly", 503)
+        resp.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return resp
     try:
+        body = json_body()
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise BadRequest('"tasks" must be a list of task objects')
+        if not tasks:
+            return reply({"results": []})
+        label_config = body.get("label_config")
+        if not isinstance(label_config, str) or not label_config.strip():
+            raise BadRequest('"label_config" is missing: send the project\'s labeling config')
         params = body.get("params") if isinstance(body.get("params"), dict) else {}
         results = st.model.predict(tasks, context=params.get("context"), label_config=label_config,
                                    project=body.get("project"), deadline=st.deadline_for_request())
@@ -135,7 +140,9 @@ def webhook() -> Response:
         return error(f"the job queue is unavailable, the event was not queued: {exc}", 503)
 
 
-@bp.get("/metrics")
-def metrics() -> Response:
+@bp.get("/metrics.json")
+def metrics_json() -> Response:
+    """This process's JSON view: counters, recent errors, last events, retraining reports
+    (Prometheus text is ``GET /metrics``, :mod:`backend.server.prometheus`)."""
     st = state()
     return reply({**st.stats.snapshot(), **st.model.metrics()})

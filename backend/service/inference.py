@@ -40,6 +40,7 @@ from backend.isnet.weights import WeightCache
 from backend.learning.registry import ModelRegistry
 from backend.service.engine_upgrades import EngineUpgrades, stale
 from backend.service.logs import reset_request_id, set_request_id
+from backend.service.telemetry import observe_inference
 from backend.settings import Settings, check_input_size
 
 log = logging.getLogger(__name__)
@@ -461,6 +462,7 @@ class InferenceService:
         if time.monotonic() >= job.deadline:
             return InferenceOutcome(version.name, [None] * len(job.images), 0.0)
         masks = Segmenter(segmenter.engine, job.size).predict(job.images)
+        observe_inference(time.monotonic() - start, len(job.images))
         self.images_done += len(job.images)
         self.batches_done += 1
         return InferenceOutcome(version.name, list(masks), time.monotonic() - start)
@@ -470,6 +472,7 @@ class InferenceService:
         start = time.monotonic()
         masks = segmenter.predict(images)
         elapsed = time.monotonic() - start
+        observe_inference(elapsed, len(images))
         per_image = elapsed / len(images)
         prev = self.seconds_per_image
         self.seconds_per_image = per_image if prev is None else (1 - _EWMA) * prev + _EWMA * per_image

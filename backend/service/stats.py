@@ -1,4 +1,4 @@
-"""Counters and the last errors of one server process, for ``GET /metrics``.
+"""Counters and the last errors of one server process, for ``GET /metrics.json``.
 
 Why its own truth: Label Studio answers "200" to most things whatever the backend did (a
 failed task is just an empty prediction, ``/api/ml/{id}/train`` always says OK), so the
