@@ -122,8 +122,8 @@ def test_a_cached_result_takes_the_tag_names_of_the_asking_project(client):
     assert region["from_name"] == "mask" and region["value"]["brushlabels"] == ["Object"]
 
 
-@pytest.mark.parametrize("action", ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
-                                    "START_TRAINING", "TASKS_CREATED"])
+@pytest.mark.parametrize("action", ["ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED",
+                                    "ANNOTATIONS_DELETED", "START_TRAINING", "TASKS_CREATED"])
 def test_webhook_routes_label_studio_events_to_fit_and_says_what_became_of_them(client, model, action):
     response = client.post("/webhook", json={"action": action, "project": {"id": 7, "title": "p"}})
     assert response.status_code == 200
