@@ -156,6 +156,23 @@ def test_annotations_and_start_training_reach_the_backend_and_run_a_cycle(stack)
     assert counters.get("webhook.START_TRAINING", 0) >= 1
 
 
+def test_credentials_in_the_connection_url_work_too(stack, tmp_path):
+    # Label Studio 1.23 keeps them in the model's URL (shown in its settings) and sends them with every call,
+    # its webhook's included (requests takes them from the URL): the README's second way.
+    label_studio, backend, _, _, _ = stack
+    project = label_studio.create_project("e2e credentials in the url", CONFIG)
+    url = backend.url.replace("http://", f"http://{USER}:{PASSWORD}@")
+    ml = label_studio.connect_backend(project, url)
+    assert ml["state"] == "CO"
+    image = tmp_path / f"url-{IMAGES[1].name}"
+    image.write_bytes(IMAGES[1].read_bytes())
+    (task,) = label_studio.upload_images(project, [image])
+    (prediction,) = wait_for("the imported task's prediction",
+                             lambda: [p for p in label_studio.predictions(project) if p["task"] == task])
+    assert [r["type"] for r in prediction["result"]] == ["brushlabels"]
+    label_studio.api("DELETE", f"/api/ml/{ml['id']}", expect=(200, 204))
+
+
 @pytest.mark.parametrize(("method", "path"), [("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"),
                                               ("GET", "/versions"), ("GET", "/metrics")])
 def test_the_same_routes_without_credentials_get_401(stack, method, path):

@@ -127,7 +127,8 @@ class WebhookAuth:
             return SET
         if backend_webhooks(hooks, host):
             return ALREADY_SET
-        log.info("project %s has no webhook at %s/webhook yet (Label Studio creates it when the model is "
-                 "connected; without SSRF_PROTECTION_ENABLED=false on a private network it never does)",
-                 project_id, host)
+        if self.outcomes.get(project_id) != NOT_FOUND:  # once, not at every /setup
+            log.info("project %s has no webhook at %s/webhook yet (Label Studio creates it when the model is "
+                     "connected; without SSRF_PROTECTION_ENABLED=false on a private network it never does)",
+                     project_id, host)
         return NOT_FOUND
