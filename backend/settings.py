@@ -43,7 +43,7 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``ISNET_LABEL`` | ``""`` | the label given to predicted regions (default: the tag's first ``Label``) |
 | ``ISNET_MAX_IMAGE_BYTES`` | ``104857600`` | image downloads larger than this (100 MiB) are refused |
 | ``ISNET_FETCH_TIMEOUT`` | ``30`` | seconds one image download may take in all (connect, redirects, body) |
-| ``BASIC_AUTH_USER`` | ``""`` | with ``BASIC_AUTH_PASS``: HTTP basic auth required on every ``isnet serve`` route |
+| ``BASIC_AUTH_USER`` | ``""`` | with ``BASIC_AUTH_PASS``: basic auth on every ``isnet serve`` route but ``/health`` |
 | ``BASIC_AUTH_PASS`` | ``""`` | the password for ``BASIC_AUTH_USER`` |
 | ``WORKERS`` | ``1`` | ``isnet serve`` worker processes (each holds its own model in memory) |
 | ``THREADS`` | ``32`` | request threads per worker; two are kept free of ``/predict`` for ``/health``, ``/setup`` |

@@ -120,8 +120,8 @@ def test_a_cached_result_takes_the_tag_names_of_the_asking_project(client):
     assert region["from_name"] == "mask" and region["value"]["brushlabels"] == ["Object"]
 
 
-@pytest.mark.parametrize("action", ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
-                                    "START_TRAINING", "TASKS_CREATED"])
+@pytest.mark.parametrize("action", ["ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED",
+                                    "ANNOTATIONS_DELETED", "START_TRAINING", "TASKS_CREATED"])
 def test_webhook_routes_label_studio_events_to_fit_and_says_what_became_of_them(client, model, action):
     response = client.post("/webhook", json={"action": action, "project": {"id": 7, "title": "p"}})
     assert response.status_code == 200
@@ -172,15 +172,24 @@ def guarded_client(settings, model):
     return create_app(guarded, model).test_client()
 
 
-def test_with_basic_auth_set_a_request_without_it_is_refused(guarded_client):
-    response = guarded_client.get("/health")
+PROTECTED = [("GET", "/"), ("POST", "/setup"), ("GET", "/versions"), ("POST", "/predict"), ("POST", "/webhook"),
+             ("GET", "/metrics"), ("GET", "/nope")]
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+def test_with_basic_auth_set_a_request_without_it_is_refused(guarded_client, method, path):
+    response = guarded_client.open(path, method=method, json={"action": "START_TRAINING", "project": {"id": 7}})
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith("Basic")
 
 
+def test_with_basic_auth_set_health_alone_is_served_without_it(guarded_client):
+    assert guarded_client.get("/health").status_code == 200
+
+
 def test_with_basic_auth_set_wrong_credentials_are_refused(guarded_client):
-    assert guarded_client.get("/health", auth=("ls", "wrong")).status_code == 401
+    assert guarded_client.get("/metrics", auth=("ls", "wrong")).status_code == 401
 
 
 def test_with_basic_auth_set_the_right_credentials_are_served(guarded_client):
-    assert guarded_client.get("/health", auth=("ls", "s3cret")).status_code == 200
+    assert guarded_client.get("/metrics", auth=("ls", "s3cret")).status_code == 200

@@ -22,7 +22,8 @@ from backend.settings import Settings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PROJECT = 7
-ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING", "TASKS_CREATED"]
+ACTIONS = ["ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING",
+           "TASKS_CREATED"]
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,18 @@ def test_with_redis_the_jobs_are_queued_and_a_repeat_joins_the_waiting_one(rq_se
     assert (cycle.status, cycle.reason) == ("queued", "")
     assert joined == hooks.Handover("queued", f"joins the retraining cycle of project {PROJECT} already waiting")
     assert Queue(rq_settings.queue_name, connection=Redis.from_url(REDIS_URL)).count == 2
+
+
+def test_the_bulk_annotations_created_asks_for_a_retraining_cycle_like_annotation_created(rq_settings):
+    # Label Studio's payload for "Create annotations from predictions": lists under the singular keys
+    bulk = {"action": "ANNOTATIONS_CREATED", "annotation": [{"id": 11, "task": 1}, {"id": 12, "task": 2}],
+            "task": [{"id": 1}, {"id": 2}], "project": {"id": PROJECT}}
+    cycle = hooks.enqueue_event("ANNOTATIONS_CREATED", PROJECT, bulk, rq_settings)
+    joined = hooks.enqueue_event("ANNOTATION_CREATED", PROJECT, {}, rq_settings)
+    assert (cycle.status, cycle.reason) == ("queued", "")
+    assert joined == hooks.Handover("queued", f"joins the retraining cycle of project {PROJECT} already waiting")
+    (job,) = Queue(rq_settings.queue_name, connection=Redis.from_url(REDIS_URL)).jobs
+    assert job.args == (PROJECT,) and job.description == f"retrain project {PROJECT}"
 
 
 def test_tasks_created_without_task_ids_is_skipped(rq_settings):

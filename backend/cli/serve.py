@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 
 from backend.isnet.engines import EngineError, check_engine_name
@@ -47,9 +48,23 @@ def run(args: argparse.Namespace) -> int:
     if bool(settings.basic_auth_user) != bool(settings.basic_auth_pass):
         print("error: set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither", file=sys.stderr)
         return 2
+    if not settings.basic_auth_user and not is_loopback(args.host):
+        print(f"warning: serving on {args.host} without BASIC_AUTH_USER / BASIC_AUTH_PASS: anyone who can reach "
+              f"port {args.port} can start training and have images read with the backend's Label Studio token; "
+              "set both and connect Label Studio with Authentication method Basic (README.md)", file=sys.stderr)
     print(f"serving {version.name} on http://{args.host}:{args.port} "
           f"({settings.workers} worker(s) x {settings.server_threads} threads)", file=sys.stderr)
     from backend.server.gunicorn_app import GunicornServer
 
     GunicornServer(settings, args.host, args.port).run()
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``--host`` is reachable from this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name other than localhost, or "" (every interface)
+        return False

@@ -34,8 +34,10 @@ __all__ = ["Handover", "QueueUnavailable", "enqueue_event", "enqueue_preannotati
 
 MAX_RECORDED = 1000
 PREANNOTATE_EVENTS = frozenset({"TASKS_CREATED"})
-RETRAIN_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING"})
-"""Label changes ask for a retraining cycle of their project (:mod:`backend.jobs.retrain_queue` coalesces them)."""
+RETRAIN_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
+                            "START_TRAINING"})
+"""Label changes ask for a retraining cycle of their project (:mod:`backend.jobs.retrain_queue` coalesces them).
+``ANNOTATIONS_CREATED`` is the bulk form (Data Manager "Create annotations from predictions")."""
 
 log = logging.getLogger(__name__)
 

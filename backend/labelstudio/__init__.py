@@ -10,7 +10,9 @@ result dicts), and they must speak them the same way.
 | :mod:`.config` | which ``BrushLabels`` -> ``Image`` pair and label to predict for |
 | :mod:`.auth` | request headers for a legacy token or a personal access token |
 | :mod:`.hosts` | which hosts and addresses may be fetched (SSRF guard) |
+| :mod:`.datapaths` | which paths on Label Studio's host get the token (its data routes only) |
 | :mod:`.fetch` | image bytes for every way Label Studio stores images |
+| :mod:`.webhooks` | the basic-auth header the backend's webhook in Label Studio lacks, and its patch |
 | :mod:`.tasks` | a task's image as an RGB array, or one error that says why not |
 | :mod:`.results` | a mask as a Label Studio prediction result |
 """

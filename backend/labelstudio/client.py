@@ -219,6 +219,17 @@ class LabelStudioClient:
                 return ids
             page += 1
 
+    # -- the backend's own webhook (backend.jobs.webhook_auth) -----------------------------------
+
+    def webhooks(self, project_id: int) -> list[dict[str, Any]]:
+        """The project's webhooks (``id``, ``url``, ``headers``, ...)."""
+        answer = self.call("GET", "/api/webhooks/", params={"project": project_id})
+        return [w for w in _items(answer) if w.get("project", project_id) == project_id]
+
+    def update_webhook(self, webhook_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        """``PATCH`` a webhook (sent once: a repeat would only write the same again)."""
+        return self.call("PATCH", f"/api/webhooks/{int(webhook_id)}/", json=body)
+
     def create_prediction(self, task_id: int, result: list[dict[str, Any]], score: float,
                           model_version: str) -> dict[str, Any]:
         """Write one prediction, at most once: the stored prediction (this write's, or one found stored).
@@ -254,6 +265,12 @@ class LabelStudioClient:
 def _version_query(task_id: int, model_version: str) -> dict[str, Any]:
     """Query for a task's predictions of one version (Label Studio may ignore the version filter)."""
     return {"task": task_id, "model_version": model_version}
+
+
+def _items(answer: Any) -> list[dict[str, Any]]:
+    """The objects of a list answer or a paginated one."""
+    items = answer.get("results", []) if isinstance(answer, dict) else answer
+    return [item for item in items or [] if isinstance(item, dict)]
 
 
 def _of_task(answer: Any, task_id: int) -> list[dict[str, Any]]:

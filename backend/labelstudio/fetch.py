@@ -3,13 +3,14 @@
 Why a fetcher of our own rather than ``requests.get`` or the SDK's ``get_local_path``: the URL
 comes from task data, so every hop (redirects included) is checked by :mod:`.hosts` and the
 connection goes to the address that was checked; the body is streamed against a byte limit
-and a deadline, and credentials go to Label Studio only, never to a presigned bucket URL or
-another host.
+and a deadline, and credentials go to Label Studio's data routes only (:mod:`.datapaths`),
+never to its API, a presigned bucket URL or another host.
 
 Where a task's image URL leads:
 
 * ``/data/upload/...``, ``/data/local-files/?d=...`` and any other path starting with ``/``:
-  ``LABEL_STUDIO_URL`` + path, with Label Studio's auth header;
+  ``LABEL_STUDIO_URL`` + path; with Label Studio's auth header only on its data routes (uploads,
+  local files, presign/resolve), refused on ``/api/...``, fetched without credentials otherwise;
 * ``s3://``, ``gs://``, ``azure-blob://``: Label Studio's presign endpoint
   ``/tasks/<task id>/presign/?fileuri=<url-safe base64 of the URI>``, which answers with a
   redirect to a signed URL (or to its own proxy), followed without credentials;
@@ -34,6 +35,7 @@ from urllib3.exceptions import NewConnectionError, ProtocolError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from backend.labelstudio.auth import AuthError, LabelStudioAuth
+from backend.labelstudio.datapaths import judge
 from backend.labelstudio.hosts import DEFAULT_PORTS, BlockedURL, HostPolicy, Resolver
 from backend.settings import Settings
 
@@ -113,6 +115,7 @@ class ImageFetcher:
         self.max_bytes = settings.max_image_bytes
         self.timeout = settings.fetch_timeout
         self.ls_scheme = urlsplit(self.base_url).scheme.lower()
+        self.ls_path = urlsplit(self.base_url).path
 
     def use_token(self, api_key: str) -> bool:
         """Authenticate with ``api_key`` from now on (the fallback token ``/setup`` carries).
@@ -181,12 +184,20 @@ class ImageFetcher:
             except OSError as exc:
                 raise FetchError(f"{where}cannot resolve {hop.host} ({exc})") from exc
             is_ls = hop.scheme == self.ls_scheme and self.policy.is_label_studio(hop.host, hop.port)
+            authed = False
+            if is_ls:  # the token goes to Label Studio's data routes only, as the path really reads
+                route = judge(hop.target, self.ls_path)
+                if route.api:
+                    raise BlockedURL(f"{where}{_shown(route.path)} is Label Studio's API, not an image: never fetched "
+                                     "(the token goes only to uploads, local files and presign/resolve routes)")
+                if route.data_route:
+                    hop, authed = _Hop(hop.url, hop.scheme, hop.host, hop.port, route.target), True
             headers = {
                 "Host": _host_header(hop),
                 "User-Agent": USER_AGENT,
                 "Accept": "image/*, */*;q=0.5",
                 "Accept-Encoding": "identity",
-                **(self.auth.headers() if is_ls else {}),
+                **(self.auth.headers() if authed else {}),
             }
             pool, response = self._open(hop, addresses, headers, deadline, where)
             log.debug("GET %s via %s: HTTP %s", _shown(hop.url), addresses, response.status)
@@ -201,8 +212,11 @@ class ImageFetcher:
                         raise BlockedURL(f"redirected to {_shown(location)}: {exc}") from exc
                     from_label_studio = is_ls
                     continue
-                if response.status == 401 and is_ls:
+                if response.status == 401 and authed:
                     raise _Unauthorized()
+                if response.status == 401 and is_ls:
+                    raise FetchError(f"{where}HTTP 401 Unauthorized: not one of Label Studio's data routes (uploads, "
+                                     "local files, presign/resolve), so it was fetched without the token")
                 if response.status != 200:
                     raise FetchError(f"{where}HTTP {response.status} {response.reason or ''}".rstrip())
                 return self._body(response, deadline, where)

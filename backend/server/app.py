@@ -1,9 +1,10 @@
 """The Flask application factory: protocol routes plus what wraps every request.
 
 Around each request: a request id (taken from ``X-Request-Id`` or made, echoed back, on every
-log line), optional basic auth, a body over ``ISNET_MAX_BODY_BYTES`` refused (413) before it is
-read, one structured access-log line with the duration, counters for ``/metrics.json`` and
-Prometheus (``/metrics``), and JSON errors instead of HTML pages, also for a crash inside a handler.
+log line), optional basic auth (every route but ``/health``), a body over ``ISNET_MAX_BODY_BYTES``
+refused (413) before it is read, one structured access-log line with the duration, counters for
+``/metrics.json`` and Prometheus (``/metrics``), and JSON errors instead of HTML pages, also for a
+crash inside a handler.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 from backend import redaction
 from backend.model import ISNetModel
 from backend.server import prometheus
-from backend.server.auth import basic_auth_ok
+from backend.server.auth import basic_auth_ok, needs_auth
 from backend.server.routes import bp, error
 from backend.server.state import ServerState
 from backend.service.logs import new_request_id, reset_request_id, set_request_id
@@ -49,7 +50,7 @@ def create_app(settings: Settings | None = None, model: ISNetModel | None = None
         g.started = time.monotonic()
         g.request_id = new_request_id(request.headers.get("X-Request-Id"))
         g.log_token = set_request_id(g.request_id)
-        if not basic_auth_ok(request, settings.basic_auth_user, settings.basic_auth_pass):
+        if needs_auth(request.path) and not basic_auth_ok(request, settings.basic_auth_user, settings.basic_auth_pass):
             resp = error("authentication required (BASIC_AUTH_USER / BASIC_AUTH_PASS)", 401)
             resp.headers["WWW-Authenticate"] = 'Basic realm="isnet"'
             return resp

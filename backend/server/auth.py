@@ -1,11 +1,23 @@
 """Optional HTTP basic auth, as Label Studio sends it when the backend is connected with
-"Basic Authentication" (``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS``)."""
+"Basic Authentication" (``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS``).
+
+It covers every route but ``GET /health``, which says only whether the model is up (and which
+version and engine), so that container healthchecks and load balancers need no credentials.
+"""
 
 from __future__ import annotations
 
 import hmac
 
 from flask import Request
+
+OPEN_PATHS = frozenset({"/health"})
+"""Served without credentials: liveness only."""
+
+
+def needs_auth(path: str) -> bool:
+    """Whether a request to ``path`` must carry the credentials (when auth is on)."""
+    return path not in OPEN_PATHS
 
 
 def basic_auth_ok(request: Request, user: str, password: str) -> bool:

@@ -84,6 +84,7 @@ def setup() -> Response:
         state().model.check_label_config(schema)
     token = body.get("access_token")
     state().model.use_label_studio_token(token if isinstance(token, str) else None)
+    state().webhook_auth.request(body.get("project"), request.host)  # in the background: basic auth on its webhook
     return reply({"model_version": state().model.version_for(body.get("project"))})
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from flask import g
 
+from backend.jobs.webhook_auth import WebhookAuth
 from backend.model import ISNetModel
 from backend.service.stats import Stats
 from backend.settings import Settings
@@ -22,9 +23,12 @@ class ServerState:
     model: ISNetModel
     stats: Stats
     predict_slots: threading.BoundedSemaphore = field(init=False)
+    webhook_auth: WebhookAuth = field(init=False)
+    """Adds the basic auth to the webhook Label Studio made for the backend (checked at ``/setup``)."""
 
     def __post_init__(self) -> None:
         self.predict_slots = threading.BoundedSemaphore(max(1, self.settings.server_threads - RESERVED_THREADS))
+        self.webhook_auth = WebhookAuth(self.settings, lambda: self.model.fetcher.auth)
 
     def slot_wait(self) -> float:
         """How long a request may wait for a ``/predict`` slot: its budget, less one image's inference.
