@@ -1,5 +1,6 @@
 """Promotion that cannot race: a rollback made during a cycle stands, and one cycle per lineage
-runs at a time across processes (a per-lineage file lock) while other lineages go on.
+runs at a time across processes (a per-lineage file lock) while other lineages go on; a Label
+Studio-fed job waits for the lock before it exports, and says so.
 
 Tiny networks (``training/tiny.py``) on DUTS-TR pairs; the cycles' own progress events say when
 each one ran.
@@ -19,8 +20,12 @@ from pathlib import Path
 from backend.isnet.training import TrainOptions
 from backend.isnet.training.progress import STATUS_FILE
 from backend.isnet.training.tiny import TINY
+from backend.jobs.retrain_status import latest_report, project_dir
 from backend.learning import cycle_lock, run_cycle
+from backend.learning.lineages import lineage_for
 from backend.learning.registry import ModelRegistry
+from tests.retrain_helpers import PROJECT, add_duts_tasks, settings_for
+from worker.retrain import retrain_project
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = TrainOptions(iters=6, size=64, crop=32, batch=2, lr=1e-3, device="cpu", amp=False, gt_max_iters=4,
@@ -151,3 +156,29 @@ def test_a_second_cycle_of_the_lineage_waits_for_the_holder_and_says_whom(tiny_s
         holding.__exit__(None, None, None)
     worker.join(timeout=300)
     assert finished and p7.current_name() == finished[0]
+
+
+def test_a_label_studio_fed_job_waits_before_exporting_and_says_so_in_its_status(
+        fake_label_studio_export, tiny_settings, tmp_path):
+    ls = fake_label_studio_export
+    add_duts_tasks(ls, 4)
+    settings = settings_for(ls, Path(tiny_settings.weights), tmp_path / "models")
+    home = ModelRegistry(settings, lineage_for(PROJECT, settings)).home
+    outcome: list[dict] = []
+    holding = cycle_lock.hold(home, "isnet train")
+    holding.__enter__()
+    try:
+        job = threading.Thread(target=lambda: outcome.append(retrain_project(PROJECT, settings=settings,
+                                                                             networks=TINY)))
+        job.start()
+        deadline = time.monotonic() + 60
+        while (latest_report(settings) or {}).get("status") != "waiting":
+            assert time.monotonic() < deadline and job.is_alive(), latest_report(settings)
+            time.sleep(0.02)
+        assert "isnet train (pid" in latest_report(settings)["reason"]
+        assert not project_dir(settings, PROJECT).exists()  # nothing exported while it waits
+    finally:
+        holding.__exit__(None, None, None)
+    job.join(timeout=300)
+    assert outcome and outcome[0]["status"] in {"promoted", "rejected"}, outcome
+    assert latest_report(settings)["status"] == outcome[0]["status"]
