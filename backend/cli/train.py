@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: the 95%% interval of the paired MAE change is below 0, on at least 30 held-out images, and "
         "it is not significantly worse on earlier cycles' held-out images). Pairs are IMAGES/NAME.* with "
         "MASKS/NAME.*; unreadable pairs are skipped and listed. An interrupted cycle with the same data and "
-        "options resumes where it stopped. With --project N the cycle starts from project N's current model "
+        "options resumes where it stopped. One cycle per lineage runs at a time: while another one runs (a "
+        "worker's, another isnet train), this one waits and says for whom. With --project N the cycle starts "
+        "from project N's current model "
         "and promotes into project N's lineage, keeping the share of the change its held-out images favour; "
         "without it, it trains the base lineage, which every project without a lineage of its own follows "
         "(and keeps the share that unlabelled general photos allow).",

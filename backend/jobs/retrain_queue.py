@@ -8,7 +8,9 @@ when one is ``START_TRAINING``. The job takes the project's Redis lock before it
 marker, so while one cycle runs the next events queue exactly one successor, which waits for
 the lock. Without Redis, the server starts ``python -m worker.retrain`` as a child process (one
 per project at a time, a second request remembered and run after it): training never runs in
-the serving process, so ``/health`` and ``/predict`` stay fast.
+the serving process, so ``/health`` and ``/predict`` stay fast. With ``WORKERS>1`` each gunicorn
+process has its own children; the lineage's cycle lock (:mod:`backend.learning.cycle_lock`, which
+``isnet train`` takes too) makes their cycles take turns on the host.
 """
 
 from __future__ import annotations
