@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from pathlib import Path
 from backend.isnet.training import TrainOptions
 from backend.isnet.training.progress import STATUS_FILE
 from backend.isnet.training.tiny import TINY
+from backend.isnet.versions import CHECKPOINT_FILE
 from backend.jobs.retrain_status import latest_report, project_dir
 from backend.learning import cycle_lock, run_cycle
 from backend.learning.lineages import lineage_for
@@ -35,8 +37,10 @@ OPTIONS = TrainOptions(iters=6, size=64, crop=32, batch=2, lr=1e-3, device="cpu"
 def test_a_rollback_made_during_a_cycle_is_not_undone_and_the_report_says_why(tiny_settings, tiny_pairs):
     images, masks = tiny_pairs(8)
     registry = ModelRegistry(tiny_settings)
-    first = run_cycle((images, masks), tiny_settings, OPTIONS, networks=TINY)
-    assert registry.current_name() == first.version
+    champion = registry.new_version_name()  # a version that `isnet model use` made current
+    (registry.versions_dir / champion).mkdir(parents=True)
+    shutil.copy(tiny_settings.weights, registry.versions_dir / champion / CHECKPOINT_FILE)
+    registry.promote(champion, how="use")
     rolled_back: list[str] = []
 
     def roll_back_mid_training(event):
@@ -47,11 +51,11 @@ def test_a_rollback_made_during_a_cycle_is_not_undone_and_the_report_says_why(ti
     second = run_cycle((images, masks), tiny_settings, OPTIONS, networks=TINY, progress=roll_back_mid_training)
 
     assert rolled_back == [registry.pretrained().name]
-    assert second.champion == first.version and not second.promoted
+    assert second.champion == champion and not second.promoted
     assert registry.current_name() == rolled_back[0]  # the rollback stands
     assert registry.switches()["switches"][-1]["how"] == "rollback"
     reason = second.decision.reason
-    assert f"{rolled_back[0]} is current" in reason and f"not {first.version}" in reason and "not promoted" in reason
+    assert f"{rolled_back[0]} is current" in reason and f"not {champion}" in reason and "not promoted" in reason
     recorded = json.loads((second.directory / "cycle.json").read_text())
     assert recorded["promoted"] is False and recorded["decision"]["reason"] == reason
     status = json.loads((registry.home / STATUS_FILE).read_text())
@@ -64,6 +68,7 @@ TWO_PROCESSES = textwrap.dedent("""
     from backend.settings import Settings
     from backend.isnet.training import TrainOptions
     from backend.isnet.training.tiny import TINY
+from backend.isnet.versions import CHECKPOINT_FILE
     from backend.learning import run_cycle
 
     images, masks, models, weights, events, ready, report = sys.argv[1:8]
@@ -182,3 +187,31 @@ def test_a_label_studio_fed_job_waits_before_exporting_and_says_so_in_its_status
     job.join(timeout=300)
     assert outcome and outcome[0]["status"] in {"promoted", "rejected"}, outcome
     assert latest_report(settings)["status"] == outcome[0]["status"]
+
+
+def test_isnet_train_waits_for_the_lineage_s_running_cycle_and_says_for_whom(
+        tiny_pairs, tmp_path, random_checkpoint):
+    images, masks = tiny_pairs(4)
+    models = tmp_path / "models"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MODEL_DIR": str(models), "ISNET_HOME": str(tmp_path / "home"),
+           "ISNET_WEIGHTS": str(random_checkpoint), "ISNET_DEVICE": "cpu", "ISNET_THREADS": "1"}
+    err = tmp_path / "stderr.txt"
+    home = models / "lineages" / "p7"
+    with cycle_lock.hold(home, "retraining of project 7"), open(err, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "backend.cli", "train", "--project", "7", "--images", str(images), "--masks",
+             str(masks), "--size", "32", "--crop", "32", "--batch", "2", "--iters", "2", "--gt-iters", "2",
+             "--anchors", "none", "--promote-rule", "always"], cwd=REPO, env=env, stderr=stderr,
+            stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while "waiting for retraining of project 7 (pid" not in err.read_text():
+                assert proc.poll() is None, err.read_text()[-3000:]
+                assert time.monotonic() < deadline, "isnet train never said it waits"
+                time.sleep(0.05)
+            assert not (home / STATUS_FILE).exists()  # it trains nothing while the other cycle runs
+        except BaseException:
+            proc.kill()
+            raise
+    assert proc.wait(timeout=300) == 0, err.read_text()[-3000:]
+    assert (home / STATUS_FILE).exists() and cycle_lock.holder(home) is None
