@@ -79,6 +79,7 @@ def test_a_current_version_that_fails_to_load_is_never_reported_by_setup(setting
     assert model.service is not None
     outcome = model.service.predict([IMAGE], time.monotonic() + 60)
     assert outcome.model_version == good and outcome.masks[0] is not None  # what /setup said is what answers
+    assert broken in model.service.describe()["failed_to_load"]  # /metrics says which version and why
 
     fixed = add_version(registry, random_checkpoint)  # a version that loads is reported once current
     registry.promote(fixed, how="use")

@@ -230,6 +230,8 @@ class InferenceService:
         """The version each lineage's last job ran with."""
         self._failed: dict[str, str] = {}
         """Versions whose last load failed, and why: never reported as served."""
+        self._loaded_once: set[str] = {base.name}
+        """Versions that loaded at least once (their files never change): ``/setup`` need not try them."""
         self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._retired: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._seq = itertools.count()
@@ -291,11 +293,11 @@ class InferenceService:
         return (self._served.get(lineage) or self._served[BASE]).name
 
     def served_version(self, lineage: str, wait_s: float) -> str:
-        """:meth:`version_of` after the current version, if no job loaded it yet, was tried (on the
+        """:meth:`version_of` after the current version, if it never loaded yet, was tried (on the
         inference thread, at most ``wait_s``): what ``/setup`` reports, so a version that fails to
         load is never named while another one answers. Past ``wait_s`` it is named while it loads."""
         name = self.watcher.current(lineage).name
-        if wait_s > 0 and self.alive and name not in self._failed and self.models.peek(name) is None:
+        if wait_s > 0 and self.alive and name not in self._failed and name not in self._loaded_once:
             probe = self._submit([], time.monotonic() + wait_s, PRIORITY_INTERACTIVE, "load-check", None, lineage)
             with contextlib.suppress(Exception):  # too slow, or a failure the next job reports
                 probe.result(timeout=wait_s)
@@ -352,6 +354,7 @@ class InferenceService:
             "model_loads": self.models.loads,
             "model_evictions": self.models.evictions,
             "served": {lineage: v.name for lineage, v in self._served.items()},
+            "failed_to_load": dict(self._failed),
             "seconds_per_image": None if self.seconds_per_image is None else round(self.seconds_per_image, 3),
             "queued_jobs": self._queue.qsize(),
             "busy_for_s": None if busy is None else round(time.monotonic() - busy, 1),
@@ -401,6 +404,7 @@ class InferenceService:
             log.exception("could not load %s; lineage %s still served by %s", version.name, lineage, fallback.name)
             return fallback, self.models.get(fallback)
         self._failed.pop(version.name, None)
+        self._loaded_once.add(version.name)
         if before is not None and before.name != version.name:
             log.info("lineage %s: model version changed: %s -> %s", lineage, before.name, version.name)
         self._served[lineage] = version
