@@ -68,7 +68,6 @@ TWO_PROCESSES = textwrap.dedent("""
     from backend.settings import Settings
     from backend.isnet.training import TrainOptions
     from backend.isnet.training.tiny import TINY
-from backend.isnet.versions import CHECKPOINT_FILE
     from backend.learning import run_cycle
 
     images, masks, models, weights, events, ready, report = sys.argv[1:8]
