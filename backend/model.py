@@ -57,6 +57,9 @@ TRAINING_EVENTS = frozenset(
 )
 PROJECT_DELETED = "PROJECT_DELETED"
 FETCH_THREADS = 4
+SETUP_LOAD_WAIT_S = 2.0
+"""How long ``/setup`` waits for a lineage's new current version to load before naming it (Label
+Studio gives ``/setup`` 3 s): one that fails to load is never reported (see :meth:`ISNetModel.version_for`)."""
 MAX_EVENTS = 100
 
 
@@ -102,13 +105,17 @@ class ISNetModel:
 
     @property
     def model_version(self) -> str:
-        """The base lineage's current version: what a request without a project is served."""
-        return self.version_for(None)
+        """The base lineage's served version: what a request without a project is served (never waits)."""
+        return self.version_for(None, wait_s=0.0)
 
-    def version_for(self, project: Any) -> str:
-        """What ``/setup`` reports for ``project``: its lineage's current version (a cheap ``stat``
-        between calls); without a project, the base lineage's."""
-        return self.watcher.current(lineage_for(project, self.settings)).name
+    def version_for(self, project: Any, wait_s: float = SETUP_LOAD_WAIT_S) -> str:
+        """What ``/setup`` reports for ``project`` (without one, the base lineage's): the version its
+        lineage is served with, its current one unless that fails to load (a cheap ``stat`` between
+        calls; after a switch, up to ``wait_s`` to try loading the new version first)."""
+        lineage = lineage_for(project, self.settings)
+        if self.service is None:
+            return self.watcher.current(lineage).name
+        return self.service.served_version(lineage, wait_s)
 
     def pipeline(self, project: Any = None) -> TaskPipeline:
         """The task pipeline of ``project``'s lineage."""
@@ -195,7 +202,7 @@ class ISNetModel:
         if event not in TRAINING_EVENTS:
             return {"status": "ignored", "action": event}
         if event == "TASKS_CREATED":  # pre-annotated under the version /setup reports now for that project
-            data = {**data, "model_version": self.version_for(project_id)}
+            data = {**data, "model_version": self.version_for(project_id, wait_s=0.0)}
         # "queued", or "skipped" and why (no API key, no tasks...); QueueUnavailable: /webhook answers 503
         return hooks.enqueue_event(event, project_id, data, self.settings).answer(event)
 

@@ -50,6 +50,7 @@ from worker.export import export_tasks, labels_of, write_snapshot
 if TYPE_CHECKING:
     from backend.isnet.training.networks import Networks
     from backend.isnet.training.options import TrainOptions
+    from backend.isnet.training.progress import ProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,34 @@ def cycle_options(settings: Settings) -> TrainOptions:
 
 
 def retrain_project(project_id: int, *, force: bool = False, settings: Settings,
-                    client: LabelStudioClient | None = None, networks: Networks | None = None) -> dict[str, Any]:
+                    client: LabelStudioClient | None = None, networks: Networks | None = None,
+                    progress: ProgressFn | None = None) -> dict[str, Any]:
     """Run (or skip) one cycle for the project; the outcome, also saved as state and latest report.
 
-    ``networks``: what the cycle builds (tests pass the tiny ones; default ISNet)."""
+    One cycle per lineage at a time (:mod:`backend.learning.cycle_lock`): while another cycle of
+    the lineage runs (another server process's, a worker's, ``isnet train``), this one waits with
+    ``status: waiting`` in the latest report, and only then exports and counts the new labels, so
+    it trains on what the other cycle did not.
+    ``networks``: what the cycle builds (tests pass the tiny ones; default ISNet); ``progress``:
+    the cycle's events."""
+    from backend.learning import cycle_lock
+    from backend.learning.lineages import lineage_for
+
+    lineage = lineage_for(project_id, settings)
+
+    def waiting(holder: cycle_lock.Holder | None) -> None:
+        outcome = {"project": project_id, "lineage": lineage, "started": time.time(), "forced": force,
+                   "status": "waiting", "reason": f"another cycle of lineage {lineage} is running: "
+                   f"{holder.describe() if holder else 'unknown'}; this one starts when it ends"}
+        for folder_ in (datasets_dir(settings), lineage_dir(settings, lineage)):
+            write_json(folder_ / LATEST_FILE, outcome)
+
+    with cycle_lock.hold(lineage_dir(settings, lineage), f"retraining of project {project_id}", on_wait=waiting):
+        return _retrain(project_id, force, settings, client, networks, progress)
+
+
+def _retrain(project_id: int, force: bool, settings: Settings, client: LabelStudioClient | None,
+             networks: Networks | None, progress: ProgressFn | None) -> dict[str, Any]:
     from backend.isnet.training.networks import ISNET
     from backend.learning.cycle import Cycle
     from backend.learning.lineages import lineage_for
@@ -101,7 +126,7 @@ def retrain_project(project_id: int, *, force: bool = False, settings: Settings,
         write_json(folder_ / LATEST_FILE, {**outcome, "status": "running"})
     try:
         cycle = Cycle(settings, cycle_options(settings), registry=ModelRegistry(settings, lineage),
-                      networks=networks or ISNET)
+                      networks=networks or ISNET, progress=progress)
         report = cycle.run((snap.images, snap.masks))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:  # TrainingError is a RuntimeError or ValueError
         outcome.update(status="failed", reason=f"{type(exc).__name__}: {exc}")

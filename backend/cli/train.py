@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from backend.cli.projects import add_project_argument, registry_for
 from backend.isnet.training import FEATURE_LOSSES, TqdmProgress, TrainingError, TrainOptions
 from backend.isnet.training.options import SCHEDULES
 from backend.isnet.weights import WeightsError
+from backend.learning import cycle_lock
 from backend.learning.cycle import Cycle, CycleReport, CycleTarget
 from backend.learning.share import METHODS
 from backend.settings import Settings, load
@@ -30,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: the 95%% interval of the paired MAE change is below 0, on at least 30 held-out images, and "
         "it is not significantly worse on earlier cycles' held-out images). Pairs are IMAGES/NAME.* with "
         "MASKS/NAME.*; unreadable pairs are skipped and listed. An interrupted cycle with the same data and "
-        "options resumes where it stopped. With --project N the cycle starts from project N's current model "
+        "options resumes where it stopped. One cycle per lineage runs at a time: while another one runs (a "
+        "worker's, another isnet train), this one waits and says for whom. With --project N the cycle starts "
+        "from project N's current model "
         "and promotes into project N's lineage, keeping the share of the change its held-out images favour; "
         "without it, it trains the base lineage, which every project without a lineage of its own follows "
         "(and keeps the share that unlabelled general photos allow).",
@@ -117,9 +121,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = options_from_args(args, settings)
         held_out = (args.val_images, args.val_masks) if args.val_images is not None else None
-        cycle = Cycle(settings, options, registry=registry_for(args, settings), progress=progress)
-        report = cycle.run((args.images, args.masks), held_out,
-                           CycleTarget(out=args.out, promote=not args.no_promote, resume=not args.no_resume))
+        registry = registry_for(args, settings)
+        with cycle_lock.hold(registry.home, "isnet train", on_wait=_say_waiting(registry.lineage)):
+            cycle = Cycle(settings, options, registry=registry, progress=progress)
+            report = cycle.run((args.images, args.masks), held_out,
+                               CycleTarget(out=args.out, promote=not args.no_promote, resume=not args.no_resume))
     except (ValueError, TrainingError, WeightsError, FileNotFoundError) as exc:
         progress.close()
         print(f"error: {exc}", file=sys.stderr)
@@ -148,6 +154,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"engines not rebuilt ({report.engines['error']}); serving builds them on demand")
     print(f"now current: {report.version if report.promoted else report.champion} (lineage {report.lineage})")
     return 0
+
+
+def _say_waiting(lineage: str) -> Callable[[cycle_lock.Holder | None], None]:
+    def say(holder: cycle_lock.Holder | None) -> None:
+        print(f"waiting for {holder.describe() if holder else 'another cycle'} to finish: one cycle of lineage "
+              f"{lineage} at a time", file=sys.stderr, flush=True)
+
+    return say
 
 
 def _geometry(options: TrainOptions) -> str:

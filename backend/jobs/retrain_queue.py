@@ -14,7 +14,9 @@ remembered and run in turn): training never runs in the serving process, so ``/h
 Why a bound: every webhook names a project, and a project id is just a number in the body, so at
 most ``ISNET_RETRAIN_WAITING`` projects may have a cycle waiting at once (a Redis set of them, or
 the in-process list); an event beyond that is refused with :class:`RetrainQueueFull` (``/webhook``
-says "skipped" and why) instead of growing the queue without end.
+says "skipped" and why) instead of growing the queue without end. Every cycle also takes its
+lineage's cycle lock (:mod:`backend.learning.cycle_lock`, which ``isnet train`` takes too), so two
+cycles of one lineage take turns on the host whoever started them.
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ from backend.isnet.training.progress import STATUS_FILE, Progress, ProgressFn, S
 from backend.isnet.training.trainer import TrainingError, TrainingResult, run_training
 from backend.isnet.versions import CHECKPOINT_FILE, ModelVersion
 from backend.isnet.weights import save_torch_atomic
+from backend.learning import cycle_lock
 from backend.learning.engine_rebuild import estimate_seconds, prepare_engines
 from backend.learning.evaluation import Evaluation, evaluate_models, merge, seconds_per_image, write_reports
 from backend.learning.history import CYCLE_FILE, collect, earlier_held_out, write_history
@@ -139,7 +140,8 @@ class CycleReport:
                 "promoted": self.promoted, "reason": self.decision.reason, "decision": self.decision.to_dict(),
                 "metrics": self.metrics, "steps": self.training.get("steps"), "trained_on": self.train_count,
                 "held_out": len(self.held_out), "budget": self.budget, "interpolation": self.interpolation,
-                "engines": self.engines, "report_path": str(self.directory / CYCLE_FILE)}
+                "engines": self.engines, "resumed_from": self.resumed_from,
+                "report_path": str(self.directory / CYCLE_FILE)}
 
     def save(self, directory: Path) -> None:
         """Write ``cycle.json`` into ``directory``: once with the version, again after a promotion."""
@@ -153,18 +155,22 @@ def _as_dataset(source: DataSource) -> Dataset:
     return Dataset.from_folders(Path(images), Path(masks))
 
 
-def fingerprint(options: TrainOptions, champion: str, items: list[Item], networks: Networks) -> str:
-    """Identity of the training work: a resumed cycle must have the same data, options and start."""
-    def stat(path: Path) -> list[int]:
+def fingerprint(options: TrainOptions, champion: str, items: list[Item], networks: Networks,
+                lineage: str = "base") -> str:
+    """Identity of the training work: a resumed cycle must have the same data, options, start and
+    lineage. The data by content (each pair's key and the SHA-256 of its image and mask files), not
+    by path or time: a Label Studio-fed cycle writes the same labels into a new snapshot folder
+    each time they are exported, and must still resume."""
+    def digest(path: Path) -> str:
         try:
-            st = path.stat()
-            return [st.st_size, st.st_mtime_ns]
+            with open(path, "rb") as fh:
+                return hashlib.file_digest(fh, "sha256").hexdigest()
         except OSError:
-            return [-1, -1]
+            return ""
 
     payload = {
-        "options": options.training_key(), "champion": champion, "networks": networks.name,
-        "items": [[it.key, str(it.image), stat(it.image), str(it.mask), stat(it.mask)] for it in items],
+        "options": options.training_key(), "champion": champion, "networks": networks.name, "lineage": lineage,
+        "items": [[it.key, digest(it.image), digest(it.mask)] for it in items],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -209,13 +215,21 @@ class Cycle:
         target = target or CycleTarget()
         if self.settings.threads > 0:
             torch.set_num_threads(self.settings.threads)
-        try:
-            report = self._stages(dataset, held_out, target)
-        except BaseException as exc:
-            self.status.write({"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
-            raise
-        self.status.write({"status": "done", "stage": "done", "eta_s": 0, **report.summary()})
+        with cycle_lock.hold(self.registry.home, f"a cycle of lineage {self.registry.lineage}",
+                             on_wait=self._waiting) as waited:
+            if waited:  # the budget and the status's clock start now, not while another cycle ran
+                self.budget.started, self.status.started = self.budget.clock(), time.time()
+            try:
+                report = self._stages(dataset, held_out, target)
+            except BaseException as exc:
+                self.status.write({"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+                raise
+            self.status.write({"status": "done", "stage": "done", "eta_s": 0, **report.summary()})
         return report
+
+    def _waiting(self, holder: cycle_lock.Holder | None) -> None:
+        log.warning("lineage %s: waiting for %s to finish (one cycle per lineage at a time)", self.registry.lineage,
+                    holder.describe() if holder else "another cycle")
 
     def _stages(self, dataset: DataSource, held_out: DataSource | None, target: CycleTarget) -> CycleReport:
         t0 = time.perf_counter()
@@ -289,11 +303,11 @@ class Cycle:
         """The locked staging area of this cycle: an abandoned one with the same work (and its state
         to resume from), or a new one. Fixes the champion: the lineage's current version now."""
         self.champion: ModelVersion = self.registry.current()
-        fp = fingerprint(self.options, self.champion.name, self.train_items, self.networks)
+        fp = fingerprint(self.options, self.champion.name, self.train_items, self.networks, self.registry.lineage)
         out = target.out
         parent, only = (Path(out).parent, Path(out).name) if out is not None else (self.registry.versions_dir, None)
         # Abandoned staging directories (their worker died) are resumed when they match, else removed.
-        area = StagingArea.adopt(parent, fp if target.resume else "", only=only)
+        area = StagingArea.adopt(parent, fp if target.resume else "", only=only, lineage=self.registry.lineage)
         state = area.load_state() if area is not None else None
         if area is None or state is None:
             if area is not None:

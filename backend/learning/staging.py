@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from backend.isnet.versions import lineage_of
 from backend.isnet.weights import save_torch_atomic
 
 PREFIX = ".staging-"
@@ -115,14 +116,18 @@ class StagingArea:
     # -- finding leftovers -----------------------------------------------------------------
 
     @classmethod
-    def adopt(cls, parent: Path, fingerprint: str, only: str | None = None, clean: bool = True) -> StagingArea | None:
+    def adopt(cls, parent: Path, fingerprint: str, only: str | None = None, clean: bool = True,
+              lineage: str | None = None) -> StagingArea | None:
         """An abandoned staging directory under ``parent`` with this fingerprint and a saved
         state, now locked by the caller; abandoned ones that do not match are deleted when
-        ``clean``. ``only`` restricts the search to one final name."""
+        ``clean``. ``only`` restricts the search to one final name, ``lineage`` to the versions
+        that lineage names (another lineage's interrupted cycle is left for it to resume)."""
         if not parent.is_dir():
             return None
         found: StagingArea | None = None
         names = [f"{PREFIX}{only}"] if only else sorted(p.name for p in parent.iterdir() if p.name.startswith(PREFIX))
+        if lineage is not None and not only:
+            names = [n for n in names if lineage_of(n[len(PREFIX):].removesuffix(".lock")) == lineage]
         for name in names:
             if name.endswith(".lock") or not (parent / name).is_dir():
                 continue
@@ -139,6 +144,8 @@ class StagingArea:
         if clean and not only:
             for lock in parent.glob(f"{PREFIX}*.lock"):
                 area = cls(parent / lock.name[len(PREFIX):-len(".lock")])
+                if lineage is not None and lineage_of(area.final.name) != lineage:
+                    continue
                 if not area.path.exists() and area.try_lock():
                     area.release(remove_lock_file=True)
         return found

@@ -19,6 +19,7 @@ seconds-per-image says fit, and hands the rest back as ``None`` for the caller t
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -242,6 +243,10 @@ class InferenceService:
         """The base lineage's segmenter: its engine and size describe the service."""
         self._served: dict[str, ModelVersion] = {BASE: base}
         """The version each lineage's last job ran with."""
+        self._failed: dict[str, str] = {}
+        """Versions whose last load failed, and why: never reported as served."""
+        self._loaded_once: set[str] = {base.name}
+        """Versions that loaded at least once (their files never change): ``/setup`` need not try them."""
         self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._retired: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._seq = itertools.count()
@@ -325,9 +330,23 @@ class InferenceService:
         return self.identity_of(BASE)
 
     def version_of(self, lineage: str) -> str:
-        """The version ``lineage`` is served with: the one its last job ran, else its current one."""
-        served = self._served.get(lineage)
-        return served.name if served is not None else self.watcher.current(lineage).name
+        """The version ``lineage``'s next job runs: its current one, unless that failed to load;
+        then the one still serving it (its last, else the base's)."""
+        current = self.watcher.current(lineage)
+        if current.name not in self._failed:
+            return current.name
+        return (self._served.get(lineage) or self._served[BASE]).name
+
+    def served_version(self, lineage: str, wait_s: float) -> str:
+        """:meth:`version_of` after the current version, if it never loaded yet, was tried (on the
+        inference thread, at most ``wait_s``): what ``/setup`` reports, so a version that fails to
+        load is never named while another one answers. Past ``wait_s`` it is named while it loads."""
+        name = self.watcher.current(lineage).name
+        if wait_s > 0 and self.alive and name not in self._failed and name not in self._loaded_once:
+            probe = self._submit([], time.monotonic() + wait_s, PRIORITY_INTERACTIVE, "load-check", None, lineage)
+            with contextlib.suppress(Exception):  # too slow, or a failure the next job reports
+                probe.result(timeout=wait_s)
+        return self.version_of(lineage)
 
     def identity_of(self, lineage: str) -> tuple[str, str, int]:
         """(model version, engine, input size): what a cached result must match besides the image.
@@ -335,7 +354,7 @@ class InferenceService:
         The version is the one being served now, not the one loaded: after a switch, the next job
         reloads first, so a result cached under the old version must not answer for the new one.
         """
-        name = self.watcher.current(lineage).name
+        name = self.version_of(lineage)
         segmenter = self.models.peek(name) or self._segmenter
         return name, segmenter.engine.name, segmenter.size
 
@@ -383,6 +402,7 @@ class InferenceService:
             "model_loads": self.models.loads,
             "model_evictions": self.models.evictions,
             "served": {lineage: v.name for lineage, v in self._served.items()},
+            "failed_to_load": dict(self._failed),
             "seconds_per_image": None if self.seconds_per_image is None else round(self.seconds_per_image, 3),
             "queued_jobs": self._queue.qsize(),
             "busy_for_s": None if busy is None else round(time.monotonic() - busy, 1),
@@ -426,10 +446,13 @@ class InferenceService:
         before = self._served.get(lineage)
         try:
             segmenter = self.models.get(version)
-        except Exception:
+        except Exception as exc:
+            self._failed[version.name] = f"{type(exc).__name__}: {exc}"
             fallback = before or self._served[BASE]
             log.exception("could not load %s; lineage %s still served by %s", version.name, lineage, fallback.name)
             return fallback, self.models.get(fallback)
+        self._failed.pop(version.name, None)
+        self._loaded_once.add(version.name)
         if before is not None and before.name != version.name:
             log.info("lineage %s: model version changed: %s -> %s", lineage, before.name, version.name)
         self._served[lineage] = version
