@@ -72,6 +72,10 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``ISNET_REDIS_TIMEOUT`` | ``0.5`` | Redis socket timeout (s) when enqueueing: ``/webhook`` answers at once |
 | ``ISNET_LOCAL_QUEUE`` | ``10000`` | without Redis: most tasks waiting for the in-process thread; more are dropped |
 | ``ISNET_INFLIGHT_TTL`` | ``600`` | seconds ``/predict`` leaves a handed-over task to background pre-annotation |
+| ``ISNET_KEEP_VERSIONS`` | ``2`` | newest versions of a lineage whose weights stay, besides current and rollback ones |
+| ``ISNET_KEEP_ROLLBACK`` | ``3`` | rollback-stack entries of a lineage whose weights stay (rollback skips the rest) |
+| ``ISNET_KEEP_REPORTS`` | ``20`` | newest cycles of a lineage whose reports (``cycle.json``, metrics, plots) stay |
+| ``ISNET_KEEP_SNAPSHOTS`` | ``2`` | newest label snapshots of a project kept whole; older keep the guard's images |
 """
 
 from __future__ import annotations
@@ -167,6 +171,10 @@ class Settings:
     redis_timeout: float = field(default_factory=lambda: float(_env("ISNET_REDIS_TIMEOUT", "0.5")))
     local_queue: int = field(default_factory=lambda: int(_env("ISNET_LOCAL_QUEUE", "10000")))
     inflight_ttl: float = field(default_factory=lambda: float(_env("ISNET_INFLIGHT_TTL", "600")))
+    keep_versions: int = field(default_factory=lambda: int(_env("ISNET_KEEP_VERSIONS", "2")))
+    keep_rollback: int = field(default_factory=lambda: int(_env("ISNET_KEEP_ROLLBACK", "3")))
+    keep_reports: int = field(default_factory=lambda: int(_env("ISNET_KEEP_REPORTS", "20")))
+    keep_snapshots: int = field(default_factory=lambda: int(_env("ISNET_KEEP_SNAPSHOTS", "2")))
 
     @property
     def weights_dir(self) -> Path:
