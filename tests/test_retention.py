@@ -35,6 +35,7 @@ from tests.retrain_helpers import PROJECT, add_duts_tasks, settings_for
 from worker.retrain import retrain_project
 
 LINEAGE = f"p{PROJECT}"
+PLOT_BYTES = 40_000
 KEEP = {"keep_versions": 2, "keep_rollback": 2, "keep_reports": 4, "keep_snapshots": 1}
 
 
@@ -76,14 +77,30 @@ def tiny_checkpoint(tmp_path) -> Path:
 # -- the bar: 30 cycles, flat disk, rollback still works ----------------------------------------------
 
 
-def test_thirty_cycles_keep_the_lineage_disk_flat_and_rollback_still_works(ls, tiny_checkpoint, tmp_path):
+@pytest.fixture
+def quick_plots(monkeypatch) -> None:
+    """Plots as files of a real plot's size, without drawing them: matplotlib takes most of a tiny
+    cycle's time (eight figures), and these tests are about which files stay, not what they show."""
+
+    def placeholder(path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\0" * PLOT_BYTES)
+        return path
+
+    monkeypatch.setattr("backend.learning.history.plot_history", lambda rows, path: placeholder(path))
+    monkeypatch.setattr("backend.metrics.plots.plot_curves",
+                        lambda runs, out: [placeholder(out / "pr_curve.png"), placeholder(out / "fm_curve.png")])
+
+
+def test_thirty_cycles_keep_the_lineage_disk_flat_and_rollback_still_works(ls, tiny_checkpoint, tmp_path,
+                                                                            quick_plots):
     """Label Studio-fed cycles of project 7, two promoted out of three (the third is rejected: too
     few held-out images for the bootstrap rule). Labels grow for the first eight cycles, then are
     re-trained as they are (Start training), so growth after that could only come from cycles."""
     base = settings_for(ls, tiny_checkpoint, tmp_path / "models", train_share="full", **KEEP)
     registry = ModelRegistry(base, LINEAGE)
     add_duts_tasks(ls, 4)
-    used: dict[int, int] = {}
+    used: list[int] = []
     outcomes = []
     for n in range(1, 31):
         if n <= 8:
@@ -98,8 +115,7 @@ def test_thirty_cycles_keep_the_lineage_disk_flat_and_rollback_still_works(ls, t
         current = registry.current_name()
         assert current == [o for o in outcomes if o["status"] == "promoted"][-1]["version"]
         assert {current, *stack_top(registry, KEEP["keep_rollback"])} <= checkpoints(base)
-        if n in (10, 30):
-            used[n] = lineage_bytes(base)
+        used.append(lineage_bytes(base))
 
     # The structure is the policy's: weights of current + rollback entries + newest versions, reports of
     # the newest cycles, one snapshot, one cached GT encoder.
@@ -112,8 +128,9 @@ def test_thirty_cycles_keep_the_lineage_disk_flat_and_rollback_still_works(ls, t
     rows = json.loads((registry.home / "history.json").read_text())["cycles"]
     assert [r["version"] for r in rows] == [o["version"] for o in outcomes[-len(rows):]]
     assert len(rows) >= KEEP["keep_reports"] and rows[-1]["current"] == (outcomes[-1]["status"] == "promoted")
-    # 20 more cycles used no more disk than 10 did, but for small bounded records (switches.json).
-    assert used[30] <= used[10] * 1.05 + 16_000, used
+    # Cycles 21-30 use no more disk than cycles 1-10 did (compared over whole windows: what is kept
+    # depends on where the last promotions fell), but for small bounded records (switches.json).
+    assert max(used[20:]) <= max(used[:10]) * 1.05 + 16_000, used
 
     # Rollback after pruning walks back through the kept stack and serves loadable weights.
     expected = stack_top(registry, KEEP["keep_rollback"])
