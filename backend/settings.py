@@ -72,7 +72,7 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``ISNET_REDIS_TIMEOUT`` | ``0.5`` | Redis socket timeout (s) when enqueueing: ``/webhook`` answers at once |
 | ``ISNET_LOCAL_QUEUE`` | ``10000`` | without Redis: most tasks waiting for the in-process thread; more are dropped |
 | ``ISNET_INFLIGHT_TTL`` | ``600`` | seconds ``/predict`` leaves a handed-over task to background pre-annotation |
-| ``ISNET_KEEP_VERSIONS`` | ``2`` | newest versions of a lineage whose weights stay, besides current and rollback ones |
+| ``ISNET_KEEP_VERSIONS`` | ``2`` | newest versions of a lineage whose weights stay, besides current and rollback (1+) |
 | ``ISNET_KEEP_ROLLBACK`` | ``3`` | rollback-stack entries of a lineage whose weights stay (rollback skips the rest) |
 | ``ISNET_KEEP_REPORTS`` | ``20`` | newest cycles of a lineage whose reports (``cycle.json``, metrics, plots) stay |
 | ``ISNET_KEEP_SNAPSHOTS`` | ``2`` | newest label snapshots of a project kept whole; older keep the guard's images |

@@ -223,6 +223,32 @@ def test_versions_older_than_the_kept_reports_go_whole_and_the_pretrained_weight
     assert [i.name for i in registry.catalogue()] == [pretrained.name, v[7], v[6]]
 
 
+def test_a_deleted_projects_lineage_keeps_no_weights_once_pruned_by_name(settings, tiny_checkpoint, capsys):
+    names = [f"isnet-p9-ft-2026010{d}-000000-00000{d}" for d in range(3)]
+    for d, name in enumerate(names):
+        make_version(settings, tiny_checkpoint, name, f"2026-01-0{d + 1}T00:00:00.000000+00:00", lineage="p9")
+        ModelRegistry(settings, "p9").promote(name)
+    ModelRegistry(settings, "p9").retire()  # Label Studio's PROJECT_DELETED
+    assert prune(settings, "base").removals == [] and checkpoints(settings) == set(names)  # not another's cycle
+
+    assert main(["model", "prune", "--project", "9"]) == 0
+    assert checkpoints(settings) == set() and "lineage p9: removed 6 item(s)" in capsys.readouterr().out
+    assert all((settings.model_dir / "versions" / name / CYCLE_FILE).is_file() for name in names)
+
+
+def test_the_snapshot_a_cycle_in_progress_reads_stays_even_when_none_are_kept(settings, monkeypatch):
+    monkeypatch.setenv("ISNET_KEEP_SNAPSHOTS", "0")
+    settings = Settings()
+    snapshot = project_dir(settings, 7) / "20260101T000000000000Z"
+    (snapshot / "images").mkdir(parents=True)
+    (snapshot / "images" / "task-1.png").write_bytes(b"png")
+    assert [r.shown for r in plan(settings, "p7").removals] == [snapshot]
+    staging = settings.model_dir / "versions" / f"{PREFIX}isnet-p7-ft-20260101-000000-000001"
+    staging.mkdir(parents=True)
+    (staging / FINGERPRINT_FILE).write_text(json.dumps({"fingerprint": "x", "champion": "c", "lineage": "p7"}))
+    assert plan(settings, "p7").removals == []
+
+
 def test_prune_dry_run_lists_what_prune_removes_and_removes_nothing(settings, tiny_checkpoint, capsys):
     eight_promotions(settings, tiny_checkpoint)
     before = tree(settings.model_dir)
@@ -256,12 +282,12 @@ def test_a_negative_keep_setting_is_refused_with_its_name(settings, monkeypatch,
 
 def test_a_cycle_whose_pruning_fails_is_still_written_promoted_and_says_why(tiny_settings, tiny_pairs):
     images, masks = tiny_pairs(6)
-    settings = dataclasses.replace(tiny_settings, keep_versions=-1)
+    settings = dataclasses.replace(tiny_settings, keep_versions=0)
     options = TrainOptions(iters=2, size=64, batch=2, device="cpu", amp=False, feature_loss="off", anchors="none",
                            promote_rule="always")
     report = run_cycle((images, masks), settings, options, networks=TINY)
     assert report.promoted and ModelRegistry(settings).current_name() == report.version
-    assert "ISNET_KEEP_VERSIONS must be 0 or more" in report.summary()["retention"]["error"]
+    assert "ISNET_KEEP_VERSIONS must be 1 or more, got 0" in report.summary()["retention"]["error"]
 
 
 # -- the forgetting guard's images ---------------------------------------------------------------------
@@ -358,5 +384,5 @@ def test_disk_use_is_counted_per_lineage_and_kind_and_shown_in_metrics(settings,
 
 def test_the_policy_comes_from_the_settings(settings):
     assert Policy.from_settings(settings) == Policy(keep_versions=1, keep_rollback=2, keep_reports=5, keep_snapshots=1)
-    assert Policy.from_settings(Settings(model_dir_env="/x", keep_versions=0)).keep_versions == 0
+    assert Policy.from_settings(Settings(model_dir_env="/x", keep_rollback=0)).keep_rollback == 0
     assert plan(settings, "base").removals == []  # an empty MODEL_DIR

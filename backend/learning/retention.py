@@ -79,8 +79,9 @@ class Policy:
         values = {"ISNET_KEEP_VERSIONS": settings.keep_versions, "ISNET_KEEP_ROLLBACK": settings.keep_rollback,
                   "ISNET_KEEP_REPORTS": settings.keep_reports, "ISNET_KEEP_SNAPSHOTS": settings.keep_snapshots}
         for name, value in values.items():
-            if value < 0:
-                raise ValueError(f"{name} must be 0 or more, got {value}")
+            least = 1 if name == "ISNET_KEEP_VERSIONS" else 0  # the newest may be the one a cycle is promoting
+            if value < least:
+                raise ValueError(f"{name} must be {least} or more, got {value}")
         return cls(*values.values())
 
 
@@ -189,12 +190,18 @@ def _protected(settings: Settings, policy: Policy) -> dict[str, str]:
                 stack.append(entry)
         for entry in stack[:policy.keep_rollback]:
             out.setdefault(entry, f"on lineage {name}'s rollback stack")
-    versions_dir = VersionStore(settings).versions_dir
-    for fingerprint in versions_dir.glob(f"{PREFIX}*/{FINGERPRINT_FILE}") if versions_dir.is_dir() else []:
-        champion = _read_json(fingerprint).get("champion")
+    for cycle in _cycles_in_progress(settings):
+        champion = cycle.get("champion")
         if isinstance(champion, str):
             out.setdefault(champion, "the champion of a cycle in progress")
     return out
+
+
+def _cycles_in_progress(settings: Settings) -> list[dict[str, Any]]:
+    """What the staging areas of cycles in progress (or interrupted, to resume) record: champion, lineage."""
+    versions_dir = VersionStore(settings).versions_dir
+    found = versions_dir.glob(f"{PREFIX}*/{FINGERPRINT_FILE}") if versions_dir.is_dir() else []
+    return [_read_json(path) for path in found]
 
 
 def _retired(registry: ModelRegistry) -> bool:
@@ -248,6 +255,8 @@ def _snapshot_removals(settings: Settings, lineage: str, policy: Policy, removed
     """Older snapshots of the lineage's projects, but for the files the forgetting guard reads."""
     guard: set[Path] | None = None
     out = []
+    running = any(c.get("lineage", BASE) == lineage for c in _cycles_in_progress(settings))
+    keep = max(policy.keep_snapshots, 1 if running else 0)  # a cycle in progress reads the newest
     for project, folder in sorted(snapshot_projects(settings).items()):
         try:
             if lineage_for(project, settings) != lineage:
@@ -255,7 +264,7 @@ def _snapshot_removals(settings: Settings, lineage: str, policy: Policy, removed
         except ValueError:  # ISNET_PROJECT_LINEAGES is malformed: nothing is attributed
             continue
         snapshots = sorted(d for d in folder.iterdir() if d.is_dir())  # named by UTC time
-        older = snapshots[:len(snapshots) - policy.keep_snapshots] if policy.keep_snapshots else snapshots
+        older = snapshots[:len(snapshots) - keep] if keep else snapshots
         for snapshot in older:
             guard = guard if guard is not None else _guard_files(settings, removed_dirs)
             files = [p for p in snapshot.rglob("*") if p.is_file() or p.is_symlink()]
