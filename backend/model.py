@@ -40,6 +40,7 @@ from backend.labelstudio.config import BrushTarget, LabelConfigError, parse_labe
 from backend.labelstudio.fetch import ImageFetcher
 from backend.learning.lineages import lineage_for, shared_with
 from backend.learning.registry import ModelRegistry
+from backend.learning.retention import disk_usage
 from backend.pipeline import LOAD_ERRORS, Pipelines, TaskImage, TaskPipeline
 from backend.redaction import redact_data
 from backend.service.inference import PRIORITY_BATCH, PRIORITY_INTERACTIVE, InferenceService, VersionWatcher
@@ -241,6 +242,7 @@ class ISNetModel:
             "last_events": list(self.events)[-10:],
             "retraining": latest_report(self.settings),
             "lineages": lineage_reports(self.settings),
+            "disk": disk_usage(self.settings),
         })
 
     # -- one chunk ------------------------------------------------------------------------

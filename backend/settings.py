@@ -75,6 +75,10 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``ISNET_PROMOTE_RULE`` | ``bootstrap`` | per-image MAE change's 95 % CI below 0; or ``mae_not_worse``, ``always``... |
 | ``ISNET_PROMOTE_MIN_HELDOUT`` | ``30`` | fewer held-out images are too few to judge (the champion stays) |
 | ``ISNET_MIN_NEW_LABELS`` | ``10`` | new or edited labels before an automatic cycle (Start training ignores it) |
+| ``ISNET_KEEP_VERSIONS`` | ``2`` | newest versions of a lineage whose weights stay, besides current and rollback (1+) |
+| ``ISNET_KEEP_ROLLBACK`` | ``3`` | rollback-stack entries of a lineage whose weights stay (rollback skips the rest) |
+| ``ISNET_KEEP_REPORTS`` | ``20`` | newest cycles of a lineage whose reports (``cycle.json``, metrics, plots) stay |
+| ``ISNET_KEEP_SNAPSHOTS`` | ``2`` | newest label snapshots of a project kept whole; older keep the guard's images |
 | ``ISNET_PREANNOTATE_BATCH`` | ``16`` | tasks per pre-annotation job (an import becomes many small jobs) |
 | ``ISNET_RETRAIN_WAITING`` | ``50`` | projects that may have a retraining cycle waiting at once; more are skipped |
 | ``ISNET_QUEUE`` | ``isnet-preannotate`` | RQ queue of pre-annotation and retraining jobs (``python -m worker``) |
@@ -203,6 +207,10 @@ class Settings(BaseSettings):
     promote_min_heldout: int = env("ISNET_PROMOTE_MIN_HELDOUT", 30, ge=0)
     min_new_labels: int = env("ISNET_MIN_NEW_LABELS", 10, ge=0)
     retrain_waiting: int = env("ISNET_RETRAIN_WAITING", 50, ge=1)
+    keep_versions: int = env("ISNET_KEEP_VERSIONS", 2, ge=1)
+    keep_rollback: int = env("ISNET_KEEP_ROLLBACK", 3, ge=0)
+    keep_reports: int = env("ISNET_KEEP_REPORTS", 20, ge=0)
+    keep_snapshots: int = env("ISNET_KEEP_SNAPSHOTS", 2, ge=0)
     preannotate_batch: int = env("ISNET_PREANNOTATE_BATCH", 16, ge=1)
     queue_name: str = env("ISNET_QUEUE", "isnet-preannotate")
     ls_retries: int = env("ISNET_LS_RETRIES", 6, ge=1)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from backend.cli.projects import add_project_argument, registry_for
 from backend.isnet.weights import WeightsError
 from backend.learning.registry import ModelRegistry, NoPreviousVersion, VersionInfo
+from backend.learning.retention import Plan, Policy, prune
 from backend.settings import load
 
 SHOWN_METRICS = ("mae", "avgfmeasure", "sm")
@@ -29,6 +31,7 @@ examples:
   isnet model use --project 8 isnet-p7-ft-20250101-120000-a1b2c3   # project 8 starts from 7's specialist
   isnet model use --base pretrained
   isnet model rollback --project 7
+  isnet model prune --project 7 --dry-run                          # what retention would remove
 
 "Previous" for rollback: every switch of a lineage's current version (a retraining cycle's
 promotion, or `isnet model use`) remembers the version it replaced, and `rollback` goes back to
@@ -36,6 +39,11 @@ the most recent one, so repeated rollbacks walk back through the versions served
 project's first switch is remembered as "follow the base", so rolling all the way back makes it
 follow the base lineage again. Running servers follow within their next request; nothing is
 retrained or restarted.
+
+`prune` applies the retention policy (ISNET_KEEP_VERSIONS, ISNET_KEEP_ROLLBACK, ISNET_KEEP_REPORTS,
+ISNET_KEEP_SNAPSHOTS) that every retraining cycle applies to its lineage when it ends: the current
+version, the newest rollback entries and the newest versions keep their weights, the newest cycles
+their reports; the pretrained weights are never touched.
 """
 
 
@@ -59,6 +67,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     rollback = actions.add_parser("rollback", help="serve the previously current version again")
     _lineage_arguments(rollback)
     rollback.set_defaults(func=_rollback)
+    pruning = actions.add_parser("prune", help="remove what the retention policy does not keep (weights of old "
+                                 "versions, engines, old snapshots, GT encoder caches); lists it and the bytes freed")
+    pruning.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    pruning.add_argument("--json", action="store_true", help="print each lineage's plan as JSON")
+    group = pruning.add_mutually_exclusive_group()
+    group.add_argument("--base", action="store_true", help="the base lineage (the default)")
+    add_project_argument(group)
+    group.add_argument("--all", action="store_true",
+                       help="every lineage, those of deleted projects included (they keep no weights)")
+    pruning.set_defaults(func=_prune)
 
 
 def _lineage_arguments(parser: argparse.ArgumentParser) -> None:
@@ -139,3 +157,41 @@ def _rollback(args: argparse.Namespace) -> int:
     print(f"lineage {registry.lineage} rolled back to {version.name}{follows} (was {before}); running servers "
           "switch on their next request")
     return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    settings = load()
+    try:
+        policy = Policy.from_settings(settings)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN_VERSION
+    lineages = ModelRegistry(settings).lineages() if args.all else [registry_for(args, settings).lineage]
+    plans = [prune(settings, lineage, dry_run=args.dry_run, policy=policy) for lineage in lineages]
+    if args.json:
+        print(json.dumps([p.to_dict() for p in plans], indent=2))
+    else:
+        for plan in plans:
+            _show_plan(plan, settings.model_dir)
+    for error in (e for p in plans for e in p.errors):
+        print(f"error: not removed: {error}", file=sys.stderr)
+    return 1 if any(p.errors for p in plans) else 0
+
+
+def _show_plan(plan: Plan, root: Path) -> None:
+    """What was (or, with --dry-run, would be) removed, one line each, paths under MODEL_DIR."""
+    verb = "would remove" if plan.dry_run else "removed"
+    print(f"lineage {plan.lineage}: {verb} {len(plan.removals)} item(s), {_bytes(plan.freed)}")
+    for removal in plan.removals:
+        shown = removal.shown.relative_to(root) if removal.shown.is_relative_to(root) else removal.shown
+        print(f"  {removal.what:<15} {_bytes(removal.bytes):>10}  {shown}  ({removal.why})")
+    for name, why in sorted(plan.kept.items()):
+        print(f"  kept            {name}  ({why})")
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"

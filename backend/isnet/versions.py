@@ -130,6 +130,13 @@ class VersionStore:
             found.append(ModelVersion(directory.name, directory / CHECKPOINT_FILE, directory))
         return found
 
+    def directories(self) -> list[Path]:
+        """Every version directory, oldest name first, with or without its checkpoint: retention
+        (:mod:`backend.learning.retention`) removes old versions' weights and keeps their reports."""
+        if not self.versions_dir.is_dir():
+            return []
+        return [d for d in sorted(self.versions_dir.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+
     def new_name(self, lineage: str = BASE) -> str:
         """A fresh, sortable name in ``lineage`` (UTC time and 6 random hex digits), unused so far."""
         prefix = TRAINED_PREFIX if lineage == BASE else f"isnet-{check_lineage(lineage)}-ft-"

@@ -69,6 +69,7 @@ from backend.learning.interpolation import (
 )
 from backend.learning.promotion import Decision, decide, evidence_from, parse_rule
 from backend.learning.registry import ModelRegistry, PromotionConflict
+from backend.learning.retention import prune_after_cycle
 from backend.learning.share import CANDIDATES, choose_share, method_for
 from backend.learning.staging import StagingArea, StagingError
 from backend.settings import Settings
@@ -117,6 +118,8 @@ class CycleReport:
     """The wall-time plan: minutes, seconds kept for after training, seconds used."""
     interpolation: dict[str, Any] | None = None
     """How much of the trained change the version keeps, and how that was chosen (:mod:`.share`)."""
+    retention: dict[str, Any] | None = None
+    """What the retention policy removed after the cycle (:mod:`.retention`), or why it could not."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -140,7 +143,7 @@ class CycleReport:
                 "promoted": self.promoted, "reason": self.decision.reason, "decision": self.decision.to_dict(),
                 "metrics": self.metrics, "steps": self.training.get("steps"), "trained_on": self.train_count,
                 "held_out": len(self.held_out), "budget": self.budget, "interpolation": self.interpolation,
-                "engines": self.engines, "resumed_from": self.resumed_from,
+                "engines": self.engines, "resumed_from": self.resumed_from, "retention": self.retention,
                 "report_path": str(self.directory / CYCLE_FILE)}
 
     def save(self, directory: Path) -> None:
@@ -294,10 +297,16 @@ class Cycle:
         self.anchors = load_anchors(options.anchors, settings.max_pixels) if self.share_method == "anchors" else []
 
     def _earlier_items(self, exclude: set[str]) -> list[Item]:
-        """This lineage's earlier cycles' held-out items (readable ones, at most :data:`EARLIER_MAX`)."""
-        records = collect((v.directory for v in self.registry.list_versions()), self.registry.lineage)
-        found = [Item(k, Path(i), Path(m)) for k, i, m in earlier_held_out(records, exclude, EARLIER_MAX)]
-        return check_readable(found, self.settings.max_pixels)[0]
+        """This lineage's earlier cycles' held-out items (readable ones, at most :data:`EARLIER_MAX`);
+        missing or unreadable ones are listed as skipped and counted (``budget.earlier_missing``)."""
+        earlier = earlier_held_out(collect(self.registry.record_dirs(), self.registry.lineage), exclude, EARLIER_MAX)
+        found, bad = check_readable([Item(k, Path(i), Path(m)) for k, i, m in earlier.items], self.settings.max_pixels)
+        gone = [Skipped(k, i, "earlier held-out image or mask is gone: the forgetting guard cannot score it")
+                for k, i, _ in earlier.missing] + [Skipped(b.key, b.path, f"earlier held-out: {b.reason}") for b in bad]
+        for b in bad:  # the missing ones were logged by earlier_held_out
+            log.warning("earlier held-out item %s is unreadable: %s", b.key, b.reason)
+        self.skipped, self.earlier_missing = self.skipped + gone, len(gone)
+        return found
 
     def open_version(self, target: CycleTarget) -> None:
         """The locked staging area of this cycle: an abandoned one with the same work (and its state
@@ -368,7 +377,8 @@ class Cycle:
         t = time.perf_counter()
         torch.manual_seed(self.options.seed)
         plan = _plan_gt_encoder(self.networks, self.gt_state, self.pairs, self.options,
-                                GTEncoderCache(self.settings.model_dir / CACHE_DIR), self.progress,
+                                GTEncoderCache(self.settings.model_dir / CACHE_DIR, self.registry.lineage),
+                                self.progress,
                                 resuming=bool(self.state))
         self.gt_plan = plan
         self.result: TrainingResult = run_training(
@@ -485,12 +495,13 @@ class Cycle:
             budget={"minutes": options.budget_min, "after_training_s": round(self.budget.after_training, 1),
                     "stopped_by": result.stopped_by, "held_out_scored": len(held_keys),
                     "held_out_available": self.available[0], "earlier_scored": len(self.earlier),
-                    "earlier_available": self.available[1], "seconds_at_write": round(self.budget.elapsed(), 1)},
+                    "earlier_available": self.available[1], "earlier_missing": self.earlier_missing,
+                    "seconds_at_write": round(self.budget.elapsed(), 1)},
             interpolation=self.share,
         )
         report.save(area.path)
         write_reports(Evaluation(self.after.metrics, reports=self.after.reports), area.path / "reports")
-        previous = [v.directory for v in self.registry.list_versions()] if self._in_registry() else []
+        previous = self.registry.record_dirs() if self._in_registry() else []
         write_history([*collect(previous, self.registry.lineage), report.to_dict()], area.path,
                       self.registry.current_name())
         area.commit()
@@ -515,7 +526,8 @@ class Cycle:
                                                       reason=f"{report.decision.reason}; not applied: {exc}")
             report.save(report.directory)
         if self._in_registry():
-            write_history(collect((v.directory for v in registry.list_versions()), registry.lineage),
+            report.retention = prune_after_cycle(self.settings, registry.lineage)  # never raises: logs, reports
+            write_history(collect(registry.record_dirs(), registry.lineage),
                           registry.home, registry.current_name())
         emit(self.progress, "done", 0, 0, message=report.decision.reason)
 

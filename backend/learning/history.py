@@ -9,13 +9,18 @@ lineage has its own history: a project is never judged, or shown, through anothe
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from backend import atomic
+
+log = logging.getLogger(__name__)
 
 PLOTTED = ("mae", "avgfmeasure", "sm")
 CYCLE_FILE = "cycle.json"
@@ -50,25 +55,59 @@ def collect(version_dirs: Iterable[Path], lineage: str | None = None) -> list[di
     return sorted(records, key=lambda r: (str(r.get("created", "")), str(r.get("version", ""))))
 
 
-def earlier_held_out(records: Sequence[dict[str, Any]], exclude: set[str], limit: int) -> list[tuple[str, str, str]]:
-    """``(key, image, mask)`` of held-out items of earlier cycles, newest cycle first and one per
-    key, leaving out ``exclude`` (keys this cycle trains or judges on) and files that are gone.
-
-    Why: the forgetting guard scores the challenger where earlier cycles measured, on images no
-    cycle has trained on, so a cycle that learns new labels cannot silently unlearn old ones.
-    """
+def guard_entries(records: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """``(key, image, mask)`` of every held-out key of ``records`` (oldest first), as its newest
+    cycle recorded it, newest cycle first: the files the forgetting guard reads, so the files
+    :mod:`backend.learning.retention` keeps. Nothing is checked on disk."""
     found: dict[str, tuple[str, str, str]] = {}
     for record in reversed(records):
-        for entry in record.get("held_out", {}).get("items", []) or []:
+        held = record.get("held_out")
+        for entry in (held.get("items", []) if isinstance(held, dict) else []) or []:
             if not isinstance(entry, (list, tuple)) or len(entry) != 3:
                 continue
             key, image, mask = (str(v) for v in entry)
-            if key in exclude or key in found or not (Path(image).is_file() and Path(mask).is_file()):
-                continue
-            found[key] = (key, image, mask)
-            if len(found) >= limit:
-                return list(found.values())
+            found.setdefault(key, (key, image, mask))
     return list(found.values())
+
+
+@dataclass
+class EarlierHeldOut:
+    """The forgetting guard's items, and those whose files are gone."""
+
+    items: list[tuple[str, str, str]]
+    missing: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+
+
+def earlier_held_out(records: Sequence[dict[str, Any]], exclude: set[str], limit: int) -> EarlierHeldOut:
+    """``(key, image, mask)`` of held-out items of earlier cycles (:func:`guard_entries`), leaving
+    out ``exclude`` (keys this cycle trains or judges on), at most ``limit``; entries whose image or
+    mask is gone are returned as ``missing`` and logged, never dropped silently.
+
+    Why: the forgetting guard scores the challenger where earlier cycles measured, on images no
+    cycle has trained on, so a cycle that learns new labels cannot silently unlearn old ones.
+    Why a missing file is a logged, counted warning rather than an error: retention keeps every
+    file the guard reads, so a missing one was moved or deleted by hand (often the folder of an
+    ``isnet train`` run); failing would stop every later cycle of the lineage until old reports are
+    edited, while skipping silently would narrow the guard unnoticed. The cycle goes on with the
+    rest, lists each missing item among its ``skipped`` (with the path, to restore it) and counts
+    them in its report (``budget.earlier_missing``), which the status and ``/metrics`` show. A
+    missing newest copy of a key is not replaced by an older copy: that one holds an older label.
+    """
+    found: list[tuple[str, str, str]] = []
+    missing: list[tuple[str, str, str]] = []
+    for key, image, mask in guard_entries(records):
+        if len(found) >= limit:
+            break
+        if key in exclude:
+            continue
+        if Path(image).is_file() and Path(mask).is_file():
+            found.append((key, image, mask))
+        else:
+            missing.append((key, image, mask))
+    if missing:
+        log.warning("the forgetting guard cannot score %d earlier held-out item(s) whose files are gone "
+                    "(first: %s, %s); it scores the %d others", len(missing), missing[0][1], missing[0][2], len(found))
+    return EarlierHeldOut(found, missing)
 
 
 def _interval(evidence: Any) -> dict[str, Any] | None:

@@ -133,6 +133,11 @@ class ModelRegistry:
     def list_versions(self) -> list[ModelVersion]:
         return self.store.list_versions()
 
+    def record_dirs(self) -> list[Path]:
+        """Every version directory, those whose weights retention removed included: where the
+        cycles' records (history, the forgetting guard's images) are read from."""
+        return self.store.directories()
+
     def own_current_name(self) -> str | None:
         """What this lineage's own ``CURRENT`` names; None while it follows the base."""
         try:
@@ -177,6 +182,7 @@ class ModelRegistry:
         """
         version = self.get(name)
         with self._switch_lock():
+            version = self.get(name)  # again under the lock: retention may have removed it meanwhile
             before = self.current_or_pretrained_name()
             if expected is not None and before != expected:
                 raise PromotionConflict(f"{before} is current in lineage {self.lineage}, not {expected} that "
@@ -251,6 +257,10 @@ class ModelRegistry:
                  "from": before, "to": after, "how": how}
         record["switches"] = [*record["switches"], entry][-MAX_SWITCHES:]
         atomic.write_text(self.switches_file, json.dumps(record, indent=2) + "\n")
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """Hold this lineage's switch lock: nothing switches its version meanwhile (retention decides under it)."""
+        return self._switch_lock()
 
     @contextlib.contextmanager
     def _switch_lock(self) -> Iterator[None]:

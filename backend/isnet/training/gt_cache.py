@@ -8,7 +8,8 @@ masks (their decoded pixels, not file names or dates) and by the encoder's recip
 the views it is trained and checked on, its learning rate and target).
 
 Layout: ``<MODEL_DIR>/gt-encoders/<key>.pth`` (the state dict) with ``<key>.json`` (recipe,
-mask hashes, max F, steps); the newest :data:`KEEP` entries are kept.
+mask hashes, max F, steps, the lineage that trained it); the newest :data:`KEEP` entries are kept,
+and retention (``backend.learning.retention``) keeps only each lineage's newest one.
 """
 
 from __future__ import annotations
@@ -67,10 +68,11 @@ class CachedEncoder:
 
 
 class GTEncoderCache:
-    """The cache directory of one MODEL_DIR."""
+    """The cache directory of one MODEL_DIR; ``lineage``: recorded with what it stores (for retention)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, lineage: str | None = None) -> None:
         self.root = Path(root)
+        self.lineage = lineage
 
     @staticmethod
     def recipe_hash(options: TrainOptions, networks: str) -> str:
@@ -136,7 +138,7 @@ class GTEncoderCache:
         save_torch_atomic(state, self.root / f"{key}.pth")
         atomic.write_strict_json(self.root / f"{key}.json", {
             "recipe": recipe_hash, "masks": sorted(set(hashes)), "max_f": result.get("max_f"),
-            "reached": result.get("reached"), "steps": result.get("steps"),
+            "reached": result.get("reached"), "steps": result.get("steps"), "lineage": self.lineage,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         self.prune()
         return key
