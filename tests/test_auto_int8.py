@@ -17,10 +17,10 @@ from PIL import Image
 
 from backend.isnet.calibration_sample import sample_dir
 from backend.isnet.engines.config import default_config
-from backend.isnet.engines.measure import Sample, measure_engines
 from backend.isnet.engines.selection import Measurements
-from backend.isnet.engines.served import DATASET_PREFIX, split
 from backend.isnet.engines.store import EngineStore
+from backend.isnet.measurement.measure import Sample, measure_engines
+from backend.isnet.measurement.served import DATASET_PREFIX, split
 from backend.isnet.versions import VersionStore
 from backend.settings import Settings
 from tests.paths import DUTS_TR

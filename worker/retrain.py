@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backend import redaction
 from backend.isnet.versions import lineage_dir
 from backend.jobs.retrain_queue import LOCK_TIMEOUT_S, force_key, lock_key, pending_key
 from backend.jobs.retrain_status import (
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redaction.remember(*settings.secrets)  # this child's log lines are as masked as the server's
+    redaction.install()
     outcome = retrain_project(args.project, force=args.force, settings=settings)
     print(json.dumps({k: v for k, v in outcome.items() if k != "skipped"}, default=str))
     return 0 if outcome["status"] != "failed" else 1

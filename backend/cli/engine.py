@@ -146,8 +146,8 @@ def _list(args: argparse.Namespace) -> int:
 
 def _measure(args: argparse.Namespace) -> int:
     from backend.isnet.engines import create_engine
-    from backend.isnet.engines.measure import TimedEngine
     from backend.isnet.engines.selection import Measurements
+    from backend.isnet.measurement.measure import TimedEngine
     from backend.isnet.segmenter import Segmenter
     from backend.metrics.evaluator import evaluate_segmenter
     from backend.metrics.pairing import PairingError, pair_folders
@@ -188,8 +188,8 @@ def _measure(args: argparse.Namespace) -> int:
 
 
 def _upgrade(args: argparse.Namespace) -> int:
-    from backend.isnet.engines.served import upgrade
     from backend.isnet.engines.store import EngineStore
+    from backend.isnet.measurement.served import upgrade
 
     settings = load()
     try:

@@ -24,9 +24,9 @@ from typing import Any
 from backend.isnet.engines import AUTO
 from backend.isnet.engines.calibration import link_images
 from backend.isnet.engines.config import default_config
-from backend.isnet.engines.measure import Sample, measure_engines
 from backend.isnet.engines.selection import Measurements
 from backend.isnet.engines.store import EngineStore
+from backend.isnet.measurement.measure import Sample, measure_engines
 from backend.isnet.training.data import Item
 from backend.learning.registry import ModelVersion
 from backend.settings import Settings

@@ -21,6 +21,7 @@ from backend.jobs import queue as work_queue
 from backend.jobs import retrain_outcomes
 from backend.jobs.connection import redis_connection
 from backend.jobs.retrain_queue import local_runner
+from backend.learning.retention import disk_usage as disk_usage_of
 from backend.server.state import ServerState
 from backend.service import telemetry
 
@@ -41,18 +42,20 @@ def metrics() -> Response:
     return Response(body, mimetype=None, content_type=content_type)
 
 
-def disk_usage_family(usage: Mapping[str, int]) -> GaugeMetricFamily:
-    """``isnet_disk_usage_bytes{lineage}`` from ``{lineage: bytes}`` (what retention measures)."""
-    family = GaugeMetricFamily("isnet_disk_usage_bytes", "Bytes a lineage's versions, reports and snapshots take",
-                               labels=["lineage"])
-    for lineage, size in sorted(usage.items()):
-        family.add_metric([lineage], float(size))
+def disk_usage_family(usage: Mapping[str, Mapping[str, int]]) -> GaugeMetricFamily:
+    """``isnet_disk_usage_bytes{lineage,kind}`` from retention's ``{lineage: {kind: bytes}}``."""
+    family = GaugeMetricFamily("isnet_disk_usage_bytes",
+                               "Bytes a lineage's versions, engines, snapshots and caches take on this host",
+                               labels=["lineage", "kind"])
+    for lineage, kinds in sorted(usage.items()):
+        for kind, size in sorted(kinds.items()):
+            family.add_metric([lineage, kind], float(size))
     return family
 
 
-def disk_usage(state: ServerState) -> dict[str, int]:
-    """Bytes on disk per lineage. To be wired to the retention module's measure (``disk_usage``)."""
-    return {}
+def disk_usage(state: ServerState) -> dict[str, dict[str, int]]:
+    """Bytes on disk per lineage and kind, as retention measures them (names and ``stat`` only)."""
+    return disk_usage_of(state.settings)["lineages"]
 
 
 class StateCollector:

@@ -3,7 +3,7 @@
 Why: a fresh install serves fp32 (``auto`` has nothing measured yet), which is 2.6 times slower
 than int8 on a CPU with VNNI. Once a lineage has served ``ISNET_AUTO_INT8_AFTER`` images, the
 version serving it gets an int8 engine calibrated and measured on them
-(:mod:`backend.isnet.engines.served`), and ``auto`` then serves whatever the measurement chose.
+(:mod:`backend.isnet.measurement.served`), and ``auto`` then serves whatever the measurement chose.
 ``ISNET_ENGINE=onnx-int8`` that had to serve fp32 while too few images were served gets its
 int8 engine the same way.
 
@@ -26,8 +26,8 @@ from backend.isnet.engines import AUTO, choose_engine
 from backend.isnet.engines.calibration import served_images_needed
 from backend.isnet.engines.config import default_config
 from backend.isnet.engines.selection import Measurements
-from backend.isnet.engines.served import ready, served_count, threshold
 from backend.isnet.engines.store import EngineStore
+from backend.isnet.measurement.served import ready, served_count, threshold
 from backend.isnet.segmenter import Segmenter
 from backend.isnet.versions import ModelVersion
 from backend.settings import Settings
@@ -53,7 +53,7 @@ def stale(settings: Settings, version: ModelVersion, segmenter: Segmenter) -> bo
 
 def _child(settings: Settings, name: str, build_only: bool, size: int) -> None:
     """The background build (in a spawned process): int8 built, and measured unless ``build_only``."""
-    from backend.isnet.engines.served import upgrade
+    from backend.isnet.measurement.served import upgrade
     from backend.learning.registry import ModelRegistry
 
     os.nice(NICENESS)

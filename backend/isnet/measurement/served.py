@@ -6,7 +6,7 @@ VNNI. Once a lineage's served sample (:mod:`backend.isnet.calibration_sample`) h
 thirds of them, and both engines are measured on the other third, the images the calibration
 never saw, with fp32's own masks as the reference (:mod:`.measure`). ``ISNET_ENGINE=auto`` then
 serves int8 only if it is within the int8 budget of fp32 and measured faster on this CPU
-(:mod:`.selection`); on a CPU without fast int8 it rightly stays on fp32.
+(:mod:`backend.isnet.engines.selection`); on a CPU without fast int8 it rightly stays on fp32.
 
 The server runs :func:`upgrade` in a child process at a lower CPU priority (``isnet engine
 upgrade``), so requests are never delayed by it, and reloads the version when it is done.
@@ -22,8 +22,8 @@ from typing import Any
 from backend.isnet.calibration_sample import sample_dir, sample_images
 from backend.isnet.engines.calibration import link_images
 from backend.isnet.engines.config import default_config
-from backend.isnet.engines.measure import Progress, Sample, measure_engines
 from backend.isnet.engines.selection import Measurements
+from backend.isnet.measurement.measure import Progress, Sample, measure_engines
 from backend.isnet.versions import ModelVersion
 from backend.settings import Settings
 

@@ -11,7 +11,7 @@ Three callers, two kinds of reference:
 Every engine runs every image at the same input size, one image per call, and the time recorded
 is the engine's own (median over the images: on a shared machine a few calls stall for seconds).
 Only MAE, mean F-measure and S-measure are computed: they are what the budgets of
-:mod:`.selection` bound, and the slow ones (HCE, E-measure curves) would add minutes.
+:mod:`backend.isnet.engines.selection` bound, and the slow ones (HCE, E-measure curves) would add minutes.
 """
 
 from __future__ import annotations
