@@ -14,9 +14,11 @@ names of a pair are set (and not blank), this project's own name wins.
 
 ``ISNET_ENGINE=auto`` serves the fastest engine whose accuracy was measured within its budget
 against fp32 (fp16: MAE +0.001, avg F -0.002, S -0.002; int8: +0.002, -0.005, -0.003) on the
-served model version at the input size, by ``isnet engine measure``; else ``onnx-fp32``. ONNX
-engines are built when first needed; int8 then calibrates on 50 images of ``ISNET_CALIB_DIR``
-(a retrained version on its own training images).
+served model version at the input size; else ``onnx-fp32``. The measurements come by themselves
+(int8 against fp32 on ``ISNET_AUTO_INT8_AFTER`` served images; a retrained version's on its
+cycle's held-out images) or from ``isnet engine measure``. ONNX engines are built when first
+needed; int8 then calibrates on 50 images of ``ISNET_CALIB_DIR``, else of the images served (a
+retrained version on its own training images).
 
 | variable | default | meaning |
 | --- | --- | --- |

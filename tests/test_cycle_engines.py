@@ -11,6 +11,7 @@ import json
 import pytest
 
 from backend.isnet.engines.config import default_config
+from backend.isnet.engines.selection import Measurements
 from backend.isnet.engines.store import EngineStore, sidecar_of
 from backend.isnet.training import TrainOptions
 from backend.learning import run_cycle
@@ -54,4 +55,21 @@ def test_a_champion_without_engines_leaves_nothing_to_rebuild(settings, tiny_pai
     images, masks = tiny_pairs(6)
     report = run_cycle((images, masks), settings, OPTIONS)
     assert report.promoted
-    assert report.engines == {"built": [], "reason": f"{report.champion} had no built engines"}
+    assert report.engines == {"built": [], "reason": f"{report.champion} had no built engines and ISNET_ENGINE=torch"}
+
+
+def test_under_auto_a_promoted_version_arrives_with_fp32_and_int8_measured_on_its_held_out_images(
+        settings, tiny_pairs):
+    settings = settings.replace(engine="auto")
+    images, masks = tiny_pairs(6)
+
+    report = run_cycle((images, masks), settings, OPTIONS)
+
+    assert report.promoted
+    measured = report.engines["measured"]
+    assert set(measured) == {"onnx-fp32", "onnx-int8"}
+    assert all(m["dataset"] == f"held-out:{report.version}" and m["images"] == len(report.held_out)
+               for m in measured.values())
+    version = ModelRegistry(settings).current()
+    assert Measurements(version).choose(settings.input_size)[0] == report.engines["auto"]
+    assert {a.config.dtype for a in EngineStore(version, settings).scan()[0]} == {"fp32", "int8"}

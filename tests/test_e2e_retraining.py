@@ -4,8 +4,10 @@ retraining cycle on the annotations as Label Studio exports them, a promoted ver
 own lineage, and that version reported by ``/setup`` for the project and listed in Label Studio's
 model versions.
 
-The weights are irrelevant to what is checked (the plumbing), so the network is an untrained
-ISNet at 128 and the cycle takes two steps; the real learning runs are in ``bench/`` and README.md.
+The cycle takes two steps (the real learning runs are in ``bench/`` and README.md), but on the
+real weights at the serving default (1024, ``ISNET_ENGINE=auto``): the promoted version's engines
+are built and measured in its cycle, on its held-out images, so it is served as int8 from its
+first request where int8 is within budget and faster (a CPU with VNNI or AMX).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from PIL import Image
 
 from backend.labelstudio.rle import mask_to_rle
 from tests.paths import DUTS_TR
+from tests.test_auto_int8 import has_fast_int8
 
 pytestmark = pytest.mark.slow
 
@@ -43,11 +46,10 @@ def setup_version(url: str, project: int | None = None) -> str:
 
 
 def test_annotations_then_start_training_give_a_new_version_that_setup_reports(
-        label_studio, serve_backend, random_checkpoint, tmp_path):
-    backend = serve_backend({
+        label_studio, serve_backend, tmp_path):
+    backend = serve_backend({  # the real weights from the shared cache, every serving setting its default
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.legacy_token, "REDIS_URL": "",
-        "ISNET_WEIGHTS": str(random_checkpoint), "ISNET_INPUT_SIZE": "128", "ISNET_ENGINE": "torch",
-        "ISNET_HOME": str(tmp_path / "home"), "MODEL_DIR": str(tmp_path / "models"),
+        "MODEL_DIR": str(tmp_path / "models"), "ISNET_CALIB_DIR": "",
         "ISNET_TRAIN_BUDGET": "0", "ISNET_TRAIN_ITERS": "2", "ISNET_TRAIN_GT_ITERS": "2",
         "ISNET_PROMOTE_RULE": "always", "ISNET_MIN_NEW_LABELS": "1000",  # only "Start training" starts it
     })
@@ -75,3 +77,14 @@ def test_annotations_then_start_training_give_a_new_version_that_setup_reports(
     assert version.startswith(f"isnet-p{project}-ft-") and report["lineage"] == f"p{project}"
     assert setup_version(backend.url) == pretrained  # the base, and so every other project, is unchanged
     assert label_studio.api("GET", f"/api/ml/{ml['id']}/versions")["versions"][0] == version
+
+    engines = report["engines"]  # built and measured in the cycle, on its held-out images
+    assert engines["measured"]["onnx-int8"]["dataset"] == f"held-out:{version}", engines
+    first = requests.post(backend.url + "/predict", timeout=300, json={
+        "tasks": [{"id": task_ids[0], "data": label_studio.api("GET", f"/api/tasks/{task_ids[0]}")["data"]}],
+        "project": f"{project}.1700000000", "label_config": CONFIG})
+    assert first.status_code == 200 and first.json()["results"][0]["model_version"] == version, first.text
+    served = requests.get(backend.url + "/metrics.json", timeout=5).json()["inference"]["engines"]
+    assert served[version] == engines["auto"], (served, engines)  # loaded once, with the engine its cycle chose
+    if has_fast_int8():
+        assert engines["auto"] == "onnx-int8", engines

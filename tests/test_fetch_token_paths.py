@@ -84,7 +84,7 @@ def fetcher(ls) -> ImageFetcher:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("ISNET_DEVICE", "cpu")
         base: Settings = load()
-    return ImageFetcher(dataclasses.replace(base, label_studio_url=ls.url, label_studio_api_key=TOKEN,
+    return ImageFetcher(base.replace(label_studio_url=ls.url, label_studio_api_key=TOKEN,
                                             allowed_hosts=(), fetch_timeout=5.0))
 
 

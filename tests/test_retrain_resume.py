@@ -9,7 +9,6 @@ killed with SIGKILL once its mid-training checkpoint is on disk.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -80,7 +79,7 @@ def test_a_killed_label_studio_fed_cycle_resumes_from_its_checkpoint_on_the_next
     assert proc.returncode == -signal.SIGKILL and step == CHECKPOINT_EVERY
     (interrupted,) = [p.name for p in (models / "versions").iterdir() if p.is_dir()]
 
-    settings = dataclasses.replace(settings_for(ls, Path(tiny_settings.weights), models), train_iters=ITERS)
+    settings = settings_for(ls, Path(tiny_settings.weights), models).replace(train_iters=ITERS)
     outcome = retrain_project(PROJECT, settings=settings, networks=TINY)  # the same labels, exported again
 
     assert outcome["status"] in {"promoted", "rejected"}, outcome

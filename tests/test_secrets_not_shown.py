@@ -1,6 +1,6 @@
 """A real ``isnet serve`` whose ``REDIS_URL`` carries a password (and whose Redis is down) never shows
 that password, nor its Label Studio token, in a response or a log line; presigned URLs of failed
-images reach ``/metrics`` without their signature. The worker says where Redis is without the password."""
+images reach ``/metrics.json`` without their signature. The worker says where Redis is without the password."""
 
 from __future__ import annotations
 
@@ -53,9 +53,9 @@ def test_the_webhook_503_says_where_redis_is_without_its_password(backend):
 
 def test_metrics_health_and_setup_show_no_password(backend):
     requests.post(backend.url + "/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}, timeout=30)
-    answers = [requests.get(backend.url + "/metrics", timeout=30), requests.get(backend.url + "/health", timeout=30),
-               requests.post(backend.url + "/setup", json={"project": 3, "schema": CONFIG}, timeout=30)]
-    assert [a.status_code for a in answers] == [200, 200, 200]
+    answers = [requests.get(backend.url + route, timeout=30) for route in ("/metrics.json", "/metrics", "/health")]
+    answers += [requests.post(backend.url + "/setup", json={"project": 3, "schema": CONFIG}, timeout=30)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 200]
     assert "Redis" in answers[0].text  # the metrics do report the unreachable queue...
     assert all(shows_no_secret(a.text) for a in answers)  # ...without its password
 
@@ -66,7 +66,7 @@ def test_a_presigned_image_url_that_failed_reaches_metrics_without_its_signature
     response = requests.post(backend.url + "/predict", timeout=100, json={
         "tasks": [{"id": 1, "data": {"image": url}}], "label_config": CONFIG})
     assert response.status_code == 200 and response.json()["results"][0]["result"] == []
-    errors = requests.get(backend.url + "/metrics", timeout=30).json()["last_errors"]
+    errors = requests.get(backend.url + "/metrics.json", timeout=30).json()["last_errors"]
     shown = [e["message"] for e in errors if "gone.jpg" in e["message"]]
     assert shown and "X-Amz-Signature=***" in shown[-1] and "AKIAEXAMPLE" not in shown[-1]
     assert shows_no_secret(str(errors))

@@ -117,7 +117,7 @@ def model(random_checkpoint, tmp_path_factory) -> Iterator[ISNetModel]:
 
 def backend(model: ISNetModel, ls: WebhookLabelStudio, **changes: Any):
     """The app in front of ``model``, with basic auth on and ``ls`` as Label Studio."""
-    settings = dataclasses.replace(model.settings, **{
+    settings = model.settings.replace(**{
         "label_studio_url": ls.url, "label_studio_api_key": TOKEN, "basic_auth_user": USER,
         "basic_auth_pass": PASSWORD, "ls_timeout": 5.0, "ls_retries": 1, **changes})
     model.fetcher.auth = LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key)

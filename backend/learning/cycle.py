@@ -366,8 +366,8 @@ class Cycle:
         per_image = self.timings["champion"] / max(1, len(self.val_items) + len(self.earlier))
         scoring = (len(CANDIDATES) + 0.1 if self.share_method == "evidence" else 1.1) * self.timings["champion"]
         self.budget.after_training = (scoring + 3.0 * report_s + save_s
-                                      + 1.1 * estimate_seconds(self.champion, self.settings, per_image,
-                                                               len(self.val_items))
+                                      + (1.1 * estimate_seconds(self.champion, self.settings, per_image,
+                                                                len(self.val_items)) if self._serves() else 0.0)
                                       + 1.1 * (SEARCH_STEPS + 1) * self.timings["anchors"])
 
     # -- stage 3: training ------------------------------------------------------------------------
@@ -515,9 +515,10 @@ class Cycle:
         cycle meanwhile wins), then ``cycle.json`` again; then the lineage's history."""
         registry = self.registry
         if report.decision.promote:
-            emit(self.progress, "engines", 0, 0, message=f"building and measuring {report.version}'s engines")
-            report.engines = prepare_engines(self.champion, registry.get(report.version),
-                                             [it.image for it in self.train_items], self.val_items, self.settings)
+            if self._serves():
+                emit(self.progress, "engines", 0, 0, message=f"building and measuring {report.version}'s engines")
+                report.engines = prepare_engines(self.champion, registry.get(report.version),
+                                                 [it.image for it in self.train_items], self.val_items, self.settings)
             try:
                 registry.promote(report.version, expected=self.champion.name)
                 report.promoted = True
@@ -536,6 +537,10 @@ class Cycle:
     def _score(self, label: str, name: str, items: list[Item], stage: str) -> Evaluation:
         return evaluate_models({label: self.model}, items, self.options.size, self.settings.max_pixels,
                                self.options.device, self.progress, describe={label: name}, stage=stage)
+
+    def _serves(self) -> bool:
+        """Whether the version is an ISNet the serving engines can be built from (not a test network)."""
+        return self.networks.name == ISNET.name
 
     def _in_registry(self) -> bool:
         return self.area.final.parent.resolve() == self.registry.versions_dir.resolve()

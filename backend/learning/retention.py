@@ -75,14 +75,9 @@ class Policy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
-        """The settings' policy; ``ValueError`` naming the variable for a negative count."""
-        values = {"ISNET_KEEP_VERSIONS": settings.keep_versions, "ISNET_KEEP_ROLLBACK": settings.keep_rollback,
-                  "ISNET_KEEP_REPORTS": settings.keep_reports, "ISNET_KEEP_SNAPSHOTS": settings.keep_snapshots}
-        for name, value in values.items():
-            least = 1 if name == "ISNET_KEEP_VERSIONS" else 0  # the newest may be the one a cycle is promoting
-            if value < least:
-                raise ValueError(f"{name} must be {least} or more, got {value}")
-        return cls(*values.values())
+        """The settings' policy (their ranges are checked where they are read: ``ISNET_KEEP_VERSIONS``
+        is at least 1, since the newest version may be the one a cycle is promoting)."""
+        return cls(settings.keep_versions, settings.keep_rollback, settings.keep_reports, settings.keep_snapshots)
 
 
 @dataclass(frozen=True)

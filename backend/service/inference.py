@@ -398,6 +398,7 @@ class InferenceService:
             **({"engine_upgrade": upgrade} if upgrade else {}),
             "model_version": self.model_version,
             "loaded_models": self.models.names(),
+            "engines": {version.name: segmenter.engine.name for version, segmenter in self.models.loaded()},
             "max_loaded_models": self.models.capacity,
             "model_loads": self.models.loads,
             "model_evictions": self.models.evictions,
