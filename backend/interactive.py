@@ -4,7 +4,8 @@ Why its own module: Label Studio sends smart-tool prompts as a one-task ``/predi
 ``params.context``; the answer is shown in the editor and stored nowhere. The network runs on a
 crop of the full-resolution image (:mod:`backend.isnet.prompting`), queued ahead of batch work
 on the same inference thread, and the decoded image of the task being edited is kept, so a
-second prompt on it costs only the crop's inference.
+second prompt on it costs only the crop's inference; none when the crop (the box and its margin)
+is the whole image, whose prediction is kept with it.
 
 A prompt that cannot be used (zero-size or out-of-image rectangle, keypoint outside the image,
 unknown label or tag, a context for another image) is dropped with a logged reason; when none
@@ -93,8 +94,11 @@ class InteractiveAnnotator:
         for reason in prompts.rejected:
             log.warning("%s: interactive prompt ignored: %s", task_label(task), reason)
         version = pipeline.model_version
+        same_input = self.settings.interactive_size == self.settings.input_size
 
         def predict(crops: Sequence[np.ndarray]) -> list[np.ndarray]:
+            if same_input and [c.shape for c in crops] == [image.shape]:
+                return [whole()]  # the crop is the whole image: the same input, already predicted
             outcome = inference.predict(crops, deadline, PRIORITY_PROMPT, request_id, self.settings.interactive_size)
             if any(m is None for m in outcome.masks):
                 raise TimeoutError("the interactive prompt did not fit its deadline")

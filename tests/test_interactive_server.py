@@ -144,3 +144,14 @@ def test_a_malformed_context_is_not_a_500(client, context):
 def test_a_prompt_on_an_image_that_cannot_be_fetched_gets_an_empty_result(client):
     entry = prompt(client, rectangle(10, 10, 50, 50), image="/missing.jpeg", task_id=99)
     assert entry["result"] == []
+
+
+def test_a_box_whose_crop_is_the_whole_image_runs_no_second_inference(client, model):
+    # The box plus its margin covers the whole 650x434 image: its crop is the whole-image input,
+    # predicted once for the first prompt and kept with the decoded image.
+    first = prompt(client, rectangle(8, 6, 84, 88), task_id=77)
+    images_before = model.service.images_done
+    second = prompt(client, rectangle(9, 7, 82, 86), task_id=77)
+    assert model.service.images_done == images_before
+    assert first["result"] and second["result"]
+    assert mask_of(second["result"][0]).sum() <= mask_of(first["result"][0]).sum()
