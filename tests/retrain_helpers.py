@@ -1,8 +1,14 @@
-"""Shared by tests/test_retrain*.py: a project of annotated tasks in the stand-in Label Studio."""
+"""Shared by the retraining tests: a project of annotated tasks in the stand-in Label Studio, a test's
+own RQ queue dropped afterwards, and a process killed at a chosen moment."""
 
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +74,41 @@ def settings_for(ls: FakeLabelStudio, checkpoint: Path, model_dir: Path, **overr
                     label_studio_api_key=FAKE_LS_TOKEN, train_iters=2, train_gt_iters=2, train_crop=64,
                     train_batch=2, min_new_labels=3, ls_retries=2, ls_backoff=0.01, ls_timeout=5,
                     **overrides)  # type: ignore[arg-type]
+
+
+def drop_queue(settings: Settings, redis_url: str) -> None:
+    """A test's own RQ queue, its jobs and the backend's keys for it, gone from Redis."""
+    from redis import Redis
+    from rq import Queue
+
+    connection = Redis.from_url(redis_url)
+    Queue(settings.queue_name, connection=connection).delete(delete_jobs=True)
+    for key in connection.scan_iter(f"isnet:{settings.queue_name}:*"):
+        connection.delete(key)
+
+
+def kill_when(proc: subprocess.Popen, ready: Callable[[], object], timeout: float, what: str) -> object:
+    """SIGKILL ``proc`` as soon as ``ready()`` gives something truthy (returned); fails when ``proc``
+    ends first or ``timeout`` passes. The process is never left running."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not (value := ready()):
+            assert proc.poll() is None, f"the process ended before {what}"
+            assert time.monotonic() < deadline, f"the process never reached {what}"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        return value
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def child_process_settings(ls: FakeLabelStudio, checkpoint: Path, model_dir: Path, monkeypatch) -> Settings:
+    """Settings for retraining in a child process without Redis: the child reads the environment,
+    so it is set to match (and put back by ``monkeypatch``)."""
+    settings = settings_for(ls, checkpoint, model_dir)
+    for name, value in retrain_env(ls, checkpoint, settings.model_dir).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("REDIS_URL", "")
+    return settings

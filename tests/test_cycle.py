@@ -20,6 +20,7 @@ from backend.isnet.training import TrainOptions
 from backend.isnet.training.tiny import TINY
 from backend.learning import CycleTarget, run_cycle
 from backend.learning.registry import ModelRegistry
+from tests.retrain_helpers import kill_when
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = TrainOptions(iters=6, size=64, crop=32, batch=2, lr=1e-3, device="cpu", amp=False, gt_max_iters=4,
@@ -197,17 +198,7 @@ def test_a_worker_killed_by_sigkill_mid_cycle_leaves_no_version_and_the_next_cyc
         [sys.executable, "-c", script, str(images), str(masks), tiny_settings.model_dir_env,
          tiny_settings.weights, str(marker)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert proc.poll() is None, "the worker ended before reaching mid-cycle"
-            assert time.monotonic() < deadline, "the worker never reached mid-cycle"
-            time.sleep(0.1)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when(proc, marker.exists, 120, "mid-cycle")
     assert proc.returncode == -signal.SIGKILL
     assert _visible(registry) == [] and registry.list_versions() == []
     assert any(name.startswith(".staging-") for name in _hidden(registry))

@@ -15,7 +15,7 @@ from redis import Redis
 from rq import Queue
 
 from backend.jobs import hooks, retrain_queue
-from tests.retrain_helpers import PROJECT, add_duts_tasks, retrain_env, settings_for
+from tests.retrain_helpers import PROJECT, add_duts_tasks, child_process_settings, drop_queue, retrain_env, settings_for
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 OTHERS = (PROJECT + 1, PROJECT + 2)
@@ -30,10 +30,7 @@ def test_without_redis_one_child_runs_at_a_time_and_the_other_projects_wait_thei
         fake_label_studio_export, random_checkpoint, tmp_path, monkeypatch):
     ls = fake_label_studio_export
     add_duts_tasks(ls, 1)  # below the minimum of 3: each run is a quick, recorded skip
-    settings = settings_for(ls, random_checkpoint, tmp_path / "models")
-    for name, value in retrain_env(ls, random_checkpoint, settings.model_dir).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("REDIS_URL", "")
+    settings = child_process_settings(ls, random_checkpoint, tmp_path / "models", monkeypatch)
     runner = retrain_queue.LocalRetrainer()
     assert runner.submit(PROJECT, False, settings) == f"local-retrain-{PROJECT}"
     for project in OTHERS:
@@ -49,10 +46,7 @@ def test_without_redis_two_server_processes_of_a_host_take_turns(
         fake_label_studio_export, random_checkpoint, tmp_path, monkeypatch):
     ls = fake_label_studio_export
     add_duts_tasks(ls, 1)
-    settings = settings_for(ls, random_checkpoint, tmp_path / "models")
-    for name, value in retrain_env(ls, random_checkpoint, settings.model_dir).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("REDIS_URL", "")
+    settings = child_process_settings(ls, random_checkpoint, tmp_path / "models", monkeypatch)
     first, second = retrain_queue.LocalRetrainer(), retrain_queue.LocalRetrainer()  # each worker has its own
     assert first.submit(PROJECT, False, settings)
     assert second.submit(OTHERS[0], False, settings) is None  # the host lock is held: it waits
@@ -79,10 +73,7 @@ def rq_settings(fake_label_studio_export, random_checkpoint, tmp_path):
     settings = settings_for(fake_label_studio_export, random_checkpoint, tmp_path / "models", redis_url=REDIS_URL,
                             queue_name=f"isnet-test-fanout-{uuid.uuid4().hex[:8]}", retrain_waiting=2)
     yield settings
-    connection = Redis.from_url(REDIS_URL)
-    Queue(settings.queue_name, connection=connection).delete(delete_jobs=True)
-    for key in connection.scan_iter(f"isnet:{settings.queue_name}:*"):
-        connection.delete(key)
+    drop_queue(settings, REDIS_URL)
 
 
 def test_with_redis_at_most_the_bound_of_projects_have_a_cycle_waiting(rq_settings):

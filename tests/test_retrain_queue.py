@@ -20,7 +20,7 @@ from rq import Queue
 from backend.jobs import hooks, retrain_queue
 from backend.jobs.retrain_status import latest_report, project_dir, read_json
 from tests import labelstudio_server
-from tests.retrain_helpers import PROJECT, add_duts_tasks, retrain_env, settings_for
+from tests.retrain_helpers import PROJECT, add_duts_tasks, child_process_settings, drop_queue, retrain_env, settings_for
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -35,10 +35,7 @@ def rq_settings(ls, random_checkpoint, tmp_path):
     settings = settings_for(ls, random_checkpoint, tmp_path / "models", redis_url=REDIS_URL,
                             queue_name=f"isnet-test-retrain-{uuid.uuid4().hex[:8]}")
     yield settings
-    connection = Redis.from_url(REDIS_URL)
-    Queue(settings.queue_name, connection=connection).delete(delete_jobs=True)
-    for key in connection.scan_iter(f"isnet:{settings.queue_name}:*"):
-        connection.delete(key)
+    drop_queue(settings, REDIS_URL)
 
 
 def test_a_burst_of_annotation_events_queues_one_job_per_project(rq_settings):
@@ -76,10 +73,7 @@ def test_a_queued_cycle_runs_in_a_real_worker_and_reports_its_decision_and_metri
 def test_without_redis_a_cycle_runs_in_a_child_process_and_a_second_request_waits_for_it(
         ls, random_checkpoint, tmp_path, monkeypatch):
     add_duts_tasks(ls, 2)  # below the minimum of 3: each run is a quick, recorded skip
-    settings = settings_for(ls, random_checkpoint, tmp_path / "models")
-    for name, value in retrain_env(ls, random_checkpoint, settings.model_dir).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("REDIS_URL", "")
+    settings = child_process_settings(ls, random_checkpoint, tmp_path / "models", monkeypatch)
     runner = retrain_queue.LocalRetrainer()
     assert runner.submit(PROJECT, False, settings) == f"local-retrain-{PROJECT}"
     child = runner.running[PROJECT]

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ import torch
 from backend.isnet.training.tiny import TINY
 from backend.jobs.retrain_status import project_dir
 from backend.learning.staging import STATE_FILE
-from tests.retrain_helpers import PROJECT, add_duts_tasks, retrain_env, settings_for
+from tests.retrain_helpers import PROJECT, add_duts_tasks, kill_when, retrain_env, settings_for
 from worker.retrain import retrain_project
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,16 +63,8 @@ def test_a_killed_label_studio_fed_cycle_resumes_from_its_checkpoint_on_the_next
            "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", KILLED_JOB], cwd=REPO, env=env, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 240
-        while (step := saved_step(models)) is None:
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
-            assert time.monotonic() < deadline, "the cycle never wrote its mid-training checkpoint"
-            time.sleep(0.1)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        step = kill_when(proc, lambda: saved_step(models), 240, "its mid-training checkpoint")
     finally:
-        if proc.poll() is None:
-            proc.kill()
         if proc.stderr:
             proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL and step == CHECKPOINT_EVERY
