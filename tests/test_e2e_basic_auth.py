@@ -84,7 +84,7 @@ def mended(label_studio, project: int, backend_url: str) -> dict:
 
 
 def metrics(backend_url: str) -> dict:
-    return requests.get(backend_url + "/metrics", auth=(USER, PASSWORD), timeout=10).json()
+    return requests.get(backend_url + "/metrics.json", auth=(USER, PASSWORD), timeout=10).json()
 
 
 def test_label_studio_connects_with_basic_auth(stack):
@@ -174,7 +174,7 @@ def test_credentials_in_the_connection_url_work_too(stack, tmp_path):
 
 
 @pytest.mark.parametrize(("method", "path"), [("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"),
-                                              ("GET", "/versions"), ("GET", "/metrics")])
+                                              ("GET", "/versions"), ("GET", "/metrics"), ("GET", "/metrics.json")])
 def test_the_same_routes_without_credentials_get_401(stack, method, path):
     _, backend, project, _, _ = stack
     body = {"action": "START_TRAINING", "project": {"id": project}, "schema": CONFIG, "tasks": [],

@@ -57,3 +57,27 @@ def test_once_enough_images_were_served_int8_is_built_in_the_background_and_serv
     described = service.describe()
     assert described["engine"] == "onnx-int8" and "engine_fallback" not in described, described
     assert service.upgrades.started == 1
+
+
+@pytest.mark.slow
+def test_a_failed_background_build_is_reported_and_fp32_keeps_serving(random_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(inference, "HOUSEKEEPING_S", 0.2)
+    settings = Settings(home=tmp_path / "home", weights=str(random_checkpoint), model_dir_env=str(tmp_path / "models"),
+                        engine="auto", input_size=64, calib_dir="", threads=1, auto_int8_after=3, calib_sample=3)
+    folder = sample_dir(settings)
+    folder.mkdir(parents=True)
+    for name in ("a", "b", "c"):  # served images that turned out unreadable: nothing to calibrate on
+        (folder / f"{name}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    service = InferenceService(settings, VersionWatcher(settings))
+    service.start(warmup=False)
+    try:
+        deadline = time.monotonic() + 300
+        while "failed" not in service.describe().get("engine_upgrade", "") and time.monotonic() < deadline:
+            assert service.predict([IMAGE], time.monotonic() + 60).masks[0] is not None
+            time.sleep(0.2)
+        described = service.describe()
+        assert "the background int8 build failed" in described.get("engine_upgrade", ""), described
+        assert described["engine"] == "onnx-fp32" and service.upgrades.started == 1
+        assert service.predict([IMAGE], time.monotonic() + 60).masks[0] is not None
+    finally:
+        service.stop()

@@ -15,6 +15,7 @@ One child at a time per server process; a failed one is retried after :data:`RET
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing
 import os
@@ -58,14 +59,19 @@ def _child(settings: Settings, name: str, build_only: bool, size: int) -> None:
 
     os.nice(NICENESS)
     version = ModelRegistry(settings).get(name)
-    handler = logging.FileHandler(version.directory / LOG_FILE, mode="w")
+    version.directory.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(version.directory / LOG_FILE, mode="a")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    if build_only:
-        EngineStore(version, settings).engine_file("int8")
-        return
-    outcome = upgrade(version, settings, size)
-    log.info("auto for %s: %s (%s)", name, outcome["auto"], outcome["why"])
+    # Several server processes (WORKERS > 1) may start one each: the first does the work, the
+    # others wait for it and find it done.
+    with open(version.directory / ".engine-upgrade.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if build_only:
+            EngineStore(version, settings).engine_file("int8")
+        elif Measurements(version).reference(size) is None:
+            outcome = upgrade(version, settings, size)
+            log.info("auto for %s: %s (%s)", name, outcome["auto"], outcome["why"])
 
 
 @dataclass
