@@ -86,7 +86,10 @@ def test_the_parser_finds_request_latency_queue_and_cycle_series(backend):
     cycles = found["isnet_retrain_cycles"]
     assert cycles.type == "counter"
     assert {s.labels["outcome"] for s in cycles.samples} >= {"promoted", "rejected", "failed"}
-    assert samples(found["isnet_model_info"])[0].labels["engine"] == "torch"
+    model = samples(found["isnet_model_info"])[0].labels
+    assert model["engine"] == "torch" and model["engine_reason"] == "ISNET_ENGINE=torch"  # which, and why
+    assert [s.labels["engine"] for s in samples(found["isnet_loaded_engine_info"])] == ["torch"]
+    assert found["isnet_disk_usage_bytes"].type == "gauge"  # per lineage and kind, once there are versions
 
 
 def health_answered(backend) -> float:

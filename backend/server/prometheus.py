@@ -74,9 +74,10 @@ class StateCollector:
 
     def _model(self) -> Iterator[Metric]:
         described = self.state.model.describe()
-        info = InfoMetricFamily("isnet_model", "The model version, engine and device this process serves")
+        info = InfoMetricFamily("isnet_model", "The base model version, engine (and why) and device served")
         info.add_metric([], {key: str(described.get(key) or "") for key in
-                             ("model_version", "engine", "precision", "device", "input_size")})
+                             ("model_version", "engine", "precision", "device", "input_size", "engine_reason",
+                              "engine_fallback", "engine_upgrade")})
         yield info
         service = self.state.model.service
         if service is not None:
@@ -92,6 +93,11 @@ class StateCollector:
             for lineage, version in sorted((inference.get("served") or {}).items()):
                 served.add_metric([lineage, version], 1.0)
             yield served
+            engines = GaugeMetricFamily("isnet_loaded_engine_info", "The engine each loaded version runs (value 1)",
+                                        labels=["model_version", "engine"])
+            for version, engine in sorted((inference.get("engines") or {}).items()):
+                engines.add_metric([version, engine], 1.0)
+            yield engines
         yield GaugeMetricFamily("isnet_predict_slots_free", "Free /predict slots in this process",
                                 value=float(self.state.predict_slots._value))
 
@@ -139,7 +145,5 @@ class StateCollector:
         yield family
 
     def _disk(self) -> Iterator[Metric]:
-        usage = disk_usage(self.state)
-        if usage:
-            yield disk_usage_family(usage)
+        yield disk_usage_family(disk_usage(self.state))
 
