@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from backend import redaction
+from backend import redaction, store
 from backend.settings import SettingsError, load
 from worker.recovery import RecoveringWorker, recover_abandoned
 
@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redaction.remember(*settings.secrets)
     redaction.install()  # no log line shows REDIS_URL's password, a token or a presigned query
+    try:
+        store.connect(settings)  # ISNET_MODEL_STORE: versions in the object store, pointers in Redis
+    except store.StoreSetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not settings.redis_url:
         print("REDIS_URL is not set: without Redis the server pre-annotates in its own background thread, "
               "no worker is needed. Set REDIS_URL=redis://host:6379/0 to run workers.", file=sys.stderr)

@@ -11,6 +11,10 @@ Layout under ``MODEL_DIR``::
     lineages/<lineage>/              a project lineage's pointer, switches, status, history, sample
     CURRENT, switches.json, ...      the base lineage's (where a single-model MODEL_DIR kept them)
 
+With ``ISNET_MODEL_STORE`` the versions live in the object store (:mod:`backend.isnet.remote`) and
+``versions/`` is their cache on this host: a version is downloaded (checked by sha256) when first
+asked for, and a version written here is published with :meth:`VersionStore.publish`.
+
 Names: ``isnet-pretrained-<12 hex of the sha256>`` for the pretrained weights,
 ``isnet-ft-<UTC time>-<6 hex>`` for the base lineage's retrained versions and
 ``isnet-<lineage>-ft-<UTC time>-<6 hex>`` for another lineage's (``isnet-p7-ft-...`` for project 7).
@@ -21,10 +25,12 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.isnet import remote
 from backend.isnet.weights import WeightCache, WeightsError, sha256_file
 from backend.settings import Settings
 
@@ -87,6 +93,7 @@ class VersionStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.versions_dir = settings.model_dir / "versions"
+        self.objects = remote.objects(settings)
 
     def pretrained(self) -> ModelVersion:
         """The pretrained weights as a version; :class:`WeightsError` when they are not there."""
@@ -110,6 +117,8 @@ class VersionStore:
         checkpoint = directory / CHECKPOINT_FILE
         if checkpoint.is_file():
             return ModelVersion(name, checkpoint, directory)
+        if self.objects is not None and not name.startswith(PRETRAINED_PREFIX) and self._fetch(name):
+            return ModelVersion(name, checkpoint, directory)
         if name.startswith(PRETRAINED_PREFIX):
             pre = self.pretrained()
             if name == pre.name:
@@ -121,11 +130,13 @@ class VersionStore:
 
         Hidden directories (a cycle's ``.staging-*`` work in progress) are never versions.
         """
+        shared = self._sync_records()
         if not self.versions_dir.is_dir():
             return []
         found = []
         for directory in sorted(self.versions_dir.iterdir()):
-            if directory.name.startswith(".") or not (directory / CHECKPOINT_FILE).is_file():
+            if directory.name.startswith(".") or not ((directory / CHECKPOINT_FILE).is_file()
+                                                      or directory.name in shared):
                 continue
             found.append(ModelVersion(directory.name, directory / CHECKPOINT_FILE, directory))
         return found
@@ -133,6 +144,7 @@ class VersionStore:
     def directories(self) -> list[Path]:
         """Every version directory, oldest name first, with or without its checkpoint: retention
         (:mod:`backend.learning.retention`) removes old versions' weights and keeps their reports."""
+        self._sync_records()
         if not self.versions_dir.is_dir():
             return []
         return [d for d in sorted(self.versions_dir.iterdir()) if d.is_dir() and not d.name.startswith(".")]
@@ -144,3 +156,54 @@ class VersionStore:
             name = f"{prefix}{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
             if not (self.versions_dir / name).exists():
                 return name
+
+    # -- the shared store (ISNET_MODEL_STORE) -----------------------------------------------
+
+    def publish(self, name: str) -> int:
+        """Upload version ``name`` from this host's cache to the store (the files it lacks); the
+        number of files uploaded, 0 without a store. A version is published before any lineage
+        may serve it, so every host can fetch what a pointer names."""
+        if self.objects is None or name.startswith(PRETRAINED_PREFIX):
+            return 0
+        directory = self.versions_dir / name
+        if not (directory / CHECKPOINT_FILE).is_file():
+            raise KeyError(f"no model version {name!r} in {self.versions_dir} to publish")
+        return self.objects.upload(name, directory)
+
+    def _fetch(self, name: str, light: bool = False) -> bool:
+        """Download ``name`` from the store into the cache; False when the store has no such version.
+
+        Files land in a hidden directory first and are moved into ``versions/<name>`` one by one, the
+        checkpoint last, so a version is complete in the cache once its checkpoint is there."""
+        assert self.objects is not None
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        work = self.versions_dir / f".fetch-{name}-{secrets.token_hex(4)}"
+        try:
+            try:
+                self.objects.download(name, work, light=light)
+            except KeyError:
+                return False
+            final = self.versions_dir / name
+            files = sorted((p for p in work.rglob("*") if p.is_file()), key=lambda p: p.name == CHECKPOINT_FILE)
+            for path in files:
+                target = final / path.relative_to(work)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+            return True
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _sync_records(self) -> set[str]:
+        """With a store: every version it holds has at least its records here (its weights come
+        with :meth:`get`), so listings and histories see what other hosts trained; the store's
+        version names. Without a store, or while it is unreachable: nothing (the cache only)."""
+        if self.objects is None:
+            return set()
+        try:
+            names = self.objects.names()
+        except remote.StoreUnavailable:
+            return set()
+        for name in names:
+            if not (self.versions_dir / name).is_dir():
+                self._fetch(name, light=True)
+        return set(names)

@@ -218,8 +218,8 @@ class Cycle:
         target = target or CycleTarget()
         if self.settings.threads > 0:
             torch.set_num_threads(self.settings.threads)
-        with cycle_lock.hold(self.registry.home, f"a cycle of lineage {self.registry.lineage}",
-                             on_wait=self._waiting) as waited:
+        with self.registry.cycle_lock(f"a cycle of lineage {self.registry.lineage}",
+                                      on_wait=self._waiting) as waited:
             if waited:  # the budget and the status's clock start now, not while another cycle ran
                 self.budget.started, self.status.started = self.budget.clock(), time.time()
             try:
@@ -505,6 +505,8 @@ class Cycle:
         write_history([*collect(previous, self.registry.lineage), report.to_dict()], area.path,
                       self.registry.current_name())
         area.commit()
+        if self._in_registry():
+            self.registry.store.publish(area.final.name)  # with ISNET_MODEL_STORE: every host's history sees it
         return report
 
     # -- stage 7: promotion -----------------------------------------------------------------------
@@ -525,6 +527,8 @@ class Cycle:
                 report.decision = dataclasses.replace(report.decision, promote=False,
                                                       reason=f"{report.decision.reason}; not applied: {exc}")
             report.save(report.directory)
+            if self._in_registry():
+                registry.store.publish(report.version)  # its final cycle.json
         if self._in_registry():
             report.retention = prune_after_cycle(self.settings, registry.lineage)  # never raises: logs, reports
             write_history(collect(registry.record_dirs(), registry.lineage),

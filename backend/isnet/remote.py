@@ -1,0 +1,70 @@
+"""Model versions kept in a shared object store (``ISNET_MODEL_STORE``), ``MODEL_DIR`` their cache.
+
+Why an interface here and the client elsewhere: ISNet must find a version's files (to load it,
+to build its engines), so :class:`backend.isnet.versions.VersionStore` fills ``MODEL_DIR`` from
+the store on first use; but ISNet knows no network client. The S3 client lives in
+:mod:`backend.store`, which each program's entry point connects (:func:`install`). Without
+``ISNET_MODEL_STORE`` nothing here is used and ``MODEL_DIR`` is the only copy, as before.
+
+A version in the store is immutable files under ``versions/<name>/`` plus a manifest naming each
+file's sha256 and size, written after them: a version exists in the store once its manifest
+does, and every download is checked against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from backend.settings import Settings
+
+
+class StoreUnavailable(OSError):
+    """The object store cannot be reached (or refused us); the message says which and why."""
+
+
+class VersionObjects(Protocol):
+    """What ISNet and the retraining application need of the shared store of versions."""
+
+    url: str
+
+    def names(self) -> list[str]:
+        """Versions whose manifest is in the store."""
+
+    def upload(self, name: str, directory: Path) -> int:
+        """Put ``directory``'s files that the store lacks, then the manifest; the files uploaded."""
+
+    def download(self, name: str, directory: Path, light: bool = False) -> None:
+        """Fetch the version's files into ``directory`` (new or partly filled), each checked by
+        sha256; ``light``: its records only (no weights, no engines). ``KeyError`` when unknown."""
+
+    def delete(self, name: str, files: list[str] | None = None) -> None:
+        """Remove the version (``files``: only these of it, the manifest rewritten without them)."""
+
+    def check(self) -> None:
+        """Raise :class:`StoreUnavailable` when the store cannot be reached."""
+
+
+_connect: Callable[[Settings], VersionObjects] | None = None
+_connected: dict[str, VersionObjects] = {}
+
+
+def install(connect: Callable[[Settings], VersionObjects]) -> None:
+    """Tell ISNet how to reach ``ISNET_MODEL_STORE`` (:func:`backend.store.connect` does)."""
+    global _connect
+    _connect = connect
+    _connected.clear()
+
+
+def objects(settings: Settings) -> VersionObjects | None:
+    """The shared store of versions, or None without ``ISNET_MODEL_STORE`` (``MODEL_DIR`` only)."""
+    if not settings.model_store:
+        return None
+    found = _connected.get(settings.model_store)
+    if found is None:
+        if _connect is None:
+            raise RuntimeError("ISNET_MODEL_STORE is set but this program did not connect to it "
+                               "(backend.store.connect(settings) at its start)")
+        found = _connected.setdefault(settings.model_store, _connect(settings))
+    return found

@@ -1,0 +1,219 @@
+"""The shared model store (``ISNET_MODEL_STORE``): versions in a real S3-compatible server
+(``rclone serve s3``), pointers and locks in the real Redis, several "hosts" in one process
+(each its own empty ``MODEL_DIR``). The multi-host test with network namespaces is
+tests/test_multihost.py; these check each rule on its own, fast.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from backend import store
+from backend.isnet.weights import sha256_file
+from backend.learning.registry import CHECKPOINT_FILE, ModelRegistry, PromotionConflict
+from backend.service.inference import VersionWatcher
+from backend.settings import Settings, SettingsError
+from tests import s3_server
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+V1, V2 = "isnet-p7-ft-20260101-000000-aaaaaa", "isnet-p7-ft-20260102-000000-bbbbbb"
+
+
+def _redis_up() -> bool:
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.1:6379")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory) -> Iterator[s3_server.S3Server]:
+    with s3_server.serve(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def host(s3, random_checkpoint, tmp_path, monkeypatch) -> Callable[[str], Settings]:
+    """``host("a")``: the settings of a host with an empty MODEL_DIR of its own, all on one store."""
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    url = f"s3://models/{uuid.uuid4().hex}"  # a store (and Redis namespace) of this test's own
+
+    def make(name: str) -> Settings:
+        settings = Settings(home=tmp_path / name / "home", model_dir_env=str(tmp_path / name / "models"),
+                            weights=str(random_checkpoint), engine="torch", input_size=64,
+                            model_store=url, redis_url=REDIS_URL)
+        assert store.connect(settings)
+        return settings
+
+    return make
+
+
+def write_version(settings: Settings, name: str, checkpoint: Path) -> str:
+    """A complete version in this host's MODEL_DIR, as a cycle leaves it (a real copy of ``checkpoint``)."""
+    directory = ModelRegistry(settings).versions_dir / name
+    directory.mkdir(parents=True)
+    shutil.copyfile(checkpoint, directory / CHECKPOINT_FILE)
+    (directory / "cycle.json").write_text('{"note": "records travel with the version"}')
+    return name
+
+
+def test_a_version_promoted_on_one_host_is_served_by_another_with_an_empty_model_dir(host, random_checkpoint):
+    a, b = host("a"), host("b")
+    ModelRegistry(a, "p7").promote(write_version(a, V1, random_checkpoint))
+
+    served = ModelRegistry(b, "p7").current()
+
+    assert served.name == V1
+    assert served.checkpoint == b.model_dir / "versions" / V1 / CHECKPOINT_FILE
+    assert sha256_file(served.checkpoint) == sha256_file(random_checkpoint)
+    assert (served.directory / "cycle.json").is_file()
+
+
+def test_a_rollback_on_a_third_host_is_followed_by_a_serving_host(host, random_checkpoint):
+    a, b, c = host("a"), host("b"), host("c")
+    registry = ModelRegistry(a, "p7")
+    registry.promote(write_version(a, V1, random_checkpoint))
+    registry.promote(write_version(a, V2, random_checkpoint))
+    watcher = VersionWatcher(b)
+    assert watcher.current("p7").name == V2
+
+    now, before = ModelRegistry(c, "p7").rollback()
+
+    assert (now.name, before) == (V1, V2)
+    assert watcher.current("p7").name == V1
+    assert ModelRegistry(b, "p7").switches()["switches"][-1]["how"] == "rollback"
+
+
+def test_a_promotion_judged_against_a_replaced_champion_is_refused_on_another_host(host, random_checkpoint):
+    a, b = host("a"), host("b")
+    champion = ModelRegistry(a, "p7").current_or_pretrained_name()
+    ModelRegistry(a, "p7").promote(write_version(a, V1, random_checkpoint), expected=champion)
+    write_version(b, V2, random_checkpoint)
+
+    with pytest.raises(PromotionConflict, match=V1):
+        ModelRegistry(b, "p7").promote(V2, expected=champion)
+
+    assert ModelRegistry(a, "p7").current_name() == V1
+
+
+def test_two_hosts_promoting_at_once_promote_exactly_one(host, random_checkpoint):
+    a, b = host("a"), host("b")
+    champion = ModelRegistry(a, "p7").current_or_pretrained_name()
+    write_version(a, V1, random_checkpoint)
+    write_version(b, V2, random_checkpoint)
+    outcomes: dict[str, str] = {}
+    start = threading.Barrier(2)
+
+    def promote(settings: Settings, name: str) -> None:
+        start.wait()
+        try:
+            ModelRegistry(settings, "p7").promote(name, expected=champion)
+            outcomes[name] = "promoted"
+        except PromotionConflict:
+            outcomes[name] = "refused"
+
+    threads = [threading.Thread(target=promote, args=(s, n)) for s, n in ((a, V1), (b, V2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+
+    assert sorted(outcomes.values()) == ["promoted", "refused"]
+    winner = next(n for n, o in outcomes.items() if o == "promoted")
+    assert ModelRegistry(host("c"), "p7").current_name() == winner
+
+
+def test_a_damaged_object_is_refused_not_served(host, random_checkpoint, s3):
+    a, b = host("a"), host("b")
+    ModelRegistry(a, "p7").promote(write_version(a, V1, random_checkpoint))
+    stored = s3.root / a.model_store.removeprefix("s3://") / "versions" / V1 / CHECKPOINT_FILE
+    stored.write_bytes(b"not the weights")
+
+    with pytest.raises(OSError, match="sha256"):
+        ModelRegistry(b, "p7").current()
+    assert not (b.model_dir / "versions" / V1 / CHECKPOINT_FILE).exists()
+
+
+def test_a_cached_version_is_served_while_the_store_is_down(random_checkpoint, tmp_path, monkeypatch):
+    with s3_server.serve(tmp_path / "s3") as server:
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+        url = f"s3://models/{uuid.uuid4().hex}"
+        a, b = (Settings(home=tmp_path / h / "home", model_dir_env=str(tmp_path / h / "models"),
+                         weights=str(random_checkpoint), model_store=url, redis_url=REDIS_URL) for h in "ab")
+        store.connect(a)
+        ModelRegistry(a, "p7").promote(write_version(a, V1, random_checkpoint))
+        assert ModelRegistry(b, "p7").current().name == V1  # cached on b now
+    assert ModelRegistry(b, "p7").current().name == V1
+
+
+def test_the_cycle_lock_is_one_for_all_hosts(host):
+    a, b = host("a"), host("b")
+    told: list[str] = []
+    order: list[str] = []
+    held = threading.Event()
+    release = threading.Event()
+
+    def first() -> None:
+        with ModelRegistry(a, "p7").cycle_lock("a cycle on host a"):
+            order.append("a")
+            held.set()
+            release.wait(30)
+        order.append("a done")
+
+    def second() -> None:
+        def waiting(holder) -> None:
+            told.append(holder.what if holder else "?")
+            release.set()
+        with ModelRegistry(b, "p7").cycle_lock("a cycle on host b", on_wait=waiting):
+            order.append("b")
+
+    ta = threading.Thread(target=first)
+    ta.start()
+    assert held.wait(30)
+    tb = threading.Thread(target=second)
+    tb.start()
+    ta.join(60)
+    tb.join(60)
+
+    assert told == ["a cycle on host a"]
+    assert order == ["a", "a done", "b"]
+
+
+def test_a_store_without_redis_is_refused_naming_redis_url(tmp_path):
+    settings = Settings(home=tmp_path, model_store="s3://models/x")
+    with pytest.raises(store.StoreSetupError, match="REDIS_URL"):
+        store.connect(settings)
+
+
+def test_isnet_says_at_start_that_a_store_needs_redis(tmp_path, monkeypatch, capsys):
+    from backend.cli import main
+
+    monkeypatch.setenv("ISNET_HOME", str(tmp_path))
+    monkeypatch.setenv("ISNET_MODEL_STORE", "s3://models/x")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+
+    assert main(["serve"]) == 2
+    assert "needs REDIS_URL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["http://example.com/models", "s3://", "/var/models", "s3://bucket/p?x=1"])
+def test_a_store_url_that_is_not_s3_is_refused_by_name(url):
+    with pytest.raises(SettingsError, match="ISNET_MODEL_STORE"):
+        Settings(model_store=url)
+
+
+def test_without_a_store_nothing_is_connected(tmp_path):
+    assert store.connect(Settings(home=tmp_path)) is False
+    assert ModelRegistry(Settings(home=tmp_path)).shared is None
