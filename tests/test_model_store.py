@@ -43,7 +43,7 @@ def s3(tmp_path_factory) -> Iterator[s3_server.S3Server]:
 
 
 @pytest.fixture
-def host(s3, random_checkpoint, tmp_path, monkeypatch) -> Callable[[str], Settings]:
+def host(s3, random_checkpoint, tmp_path, monkeypatch) -> Iterator[Callable[[str], Settings]]:
     """``host("a")``: the settings of a host with an empty MODEL_DIR of its own, all on one store."""
     for key, value in s3.env().items():
         monkeypatch.setenv(key, value)
@@ -56,7 +56,15 @@ def host(s3, random_checkpoint, tmp_path, monkeypatch) -> Callable[[str], Settin
         assert store.connect(settings)
         return settings
 
-    return make
+    yield make
+    forget(url)
+
+
+def forget(url: str) -> None:
+    """Remove a test store's keys: the shared Redis is left as it was."""
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(match=f"isnet:store:{url}:*"):
+        client.delete(key)
 
 
 def write_version(settings: Settings, name: str, checkpoint: Path) -> str:
@@ -153,9 +161,14 @@ def test_a_cached_version_is_served_while_the_store_is_down(random_checkpoint, t
         a, b = (Settings(home=tmp_path / h / "home", model_dir_env=str(tmp_path / h / "models"),
                          weights=str(random_checkpoint), model_store=url, redis_url=REDIS_URL) for h in "ab")
         store.connect(a)
-        ModelRegistry(a, "p7").promote(write_version(a, V1, random_checkpoint))
-        assert ModelRegistry(b, "p7").current().name == V1  # cached on b now
-    assert ModelRegistry(b, "p7").current().name == V1
+        try:
+            ModelRegistry(a, "p7").promote(write_version(a, V1, random_checkpoint))
+            assert ModelRegistry(b, "p7").current().name == V1  # cached on b now
+            server.process.terminate()
+            server.process.wait(timeout=10)
+            assert ModelRegistry(b, "p7").current().name == V1
+        finally:
+            forget(url)
 
 
 def test_the_cycle_lock_is_one_for_all_hosts(host):

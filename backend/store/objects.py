@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ class S3Versions:
             if self._client is None:
                 import boto3
                 from botocore.config import Config
+
+                logging.getLogger("botocore.credentials").setLevel(logging.WARNING)  # not a line per process
 
                 self._client = boto3.client("s3", config=Config(
                     connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}))
