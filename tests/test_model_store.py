@@ -230,3 +230,22 @@ def test_a_store_url_that_is_not_s3_is_refused_by_name(url):
 def test_without_a_store_nothing_is_connected(tmp_path):
     assert store.connect(Settings(home=tmp_path)) is False
     assert ModelRegistry(Settings(home=tmp_path)).shared is None
+
+
+def test_retention_removes_old_weights_from_the_store_so_no_host_fetches_them(host, random_checkpoint, s3):
+    from backend.learning.retention import Policy, prune
+
+    a, b = host("a"), host("b")
+    names = [f"isnet-p7-ft-2026010{i}-000000-aaaaa{i}" for i in range(1, 4)]
+    for name in names:
+        ModelRegistry(a, "p7").promote(write_version(a, name, random_checkpoint))
+
+    plan = prune(a, "p7", policy=Policy(keep_versions=1, keep_rollback=0, keep_reports=20, keep_snapshots=0))
+
+    assert not plan.errors, plan.errors
+    prefix = s3.root / a.model_store.removeprefix("s3://") / "versions"
+    assert [n for n in names if (prefix / n / CHECKPOINT_FILE).exists()] == [names[-1]]
+    assert (prefix / names[0] / "cycle.json").exists()  # its reports stay
+    with pytest.raises(KeyError):
+        ModelRegistry(b, "p7").get(names[0])
+    assert ModelRegistry(b, "p7").current().name == names[-1]

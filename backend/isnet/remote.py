@@ -39,8 +39,11 @@ class VersionObjects(Protocol):
         """Fetch the version's files into ``directory`` (new or partly filled), each checked by
         sha256; ``light``: its records only (no weights, no engines). ``KeyError`` when unknown."""
 
+    def files(self, name: str) -> dict[str, dict[str, object]] | None:
+        """The version's manifest (path -> ``{"sha256", "size"}``), or None when the store lacks it."""
+
     def delete(self, name: str, files: list[str] | None = None) -> None:
-        """Remove the version (``files``: only these of it, the manifest rewritten without them)."""
+        """Remove the version (``files``: only these files or folders of it, the manifest rewritten)."""
 
     def check(self) -> None:
         """Raise :class:`StoreUnavailable` when the store cannot be reached."""

@@ -117,7 +117,8 @@ class VersionStore:
         checkpoint = directory / CHECKPOINT_FILE
         if checkpoint.is_file():
             return ModelVersion(name, checkpoint, directory)
-        if self.objects is not None and not name.startswith(PRETRAINED_PREFIX) and self._fetch(name):
+        if self.objects is not None and not name.startswith(PRETRAINED_PREFIX) and self._fetch(name) \
+                and checkpoint.is_file():  # retention may have removed its weights from the store
             return ModelVersion(name, checkpoint, directory)
         if name.startswith(PRETRAINED_PREFIX):
             pre = self.pretrained()
@@ -169,6 +170,18 @@ class VersionStore:
         if not (directory / CHECKPOINT_FILE).is_file():
             raise KeyError(f"no model version {name!r} in {self.versions_dir} to publish")
         return self.objects.upload(name, directory)
+
+    def stored(self, name: str) -> dict[str, dict[str, object]]:
+        """The files the store holds of version ``name`` (path -> sha256, size); empty without a store."""
+        if self.objects is None:
+            return {}
+        return self.objects.files(name) or {}
+
+    def unpublish(self, name: str, path: str | None = None) -> None:
+        """Remove version ``name`` from the store (``path``: only that file or folder of it); retention's
+        removals reach every host this way, whose caches then no longer find those weights."""
+        if self.objects is not None:
+            self.objects.delete(name, None if path is None else [path])
 
     def _fetch(self, name: str, light: bool = False) -> bool:
         """Download ``name`` from the store into the cache; False when the store has no such version.

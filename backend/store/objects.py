@@ -84,6 +84,9 @@ class S3Versions:
         files = json.loads(body).get("files")
         return files if isinstance(files, dict) else {}
 
+    def files(self, name: str) -> dict[str, dict[str, Any]] | None:
+        return self._manifest(name)
+
     def names(self) -> list[str]:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -148,7 +151,8 @@ class S3Versions:
 
         try:
             manifest = self._manifest(name) or {}
-            doomed = list(manifest) if files is None else [f for f in files if f in manifest]
+            doomed = list(manifest) if files is None else \
+                [m for m in manifest if any(m == f or m.startswith(f.rstrip("/") + "/") for f in files)]
             if files is not None:
                 for rel in doomed:
                     manifest.pop(rel, None)
