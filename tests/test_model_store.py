@@ -249,3 +249,56 @@ def test_retention_removes_old_weights_from_the_store_so_no_host_fetches_them(ho
     with pytest.raises(KeyError):
         ModelRegistry(b, "p7").get(names[0])
     assert ModelRegistry(b, "p7").current().name == names[-1]
+
+
+CONFIG = ('<View><Image name="image" value="$image"/>'
+          '<BrushLabels name="tag" toName="image"><Label value="Foreground"/></BrushLabels></View>')
+
+
+def test_with_the_store_down_predict_serves_the_cached_version_and_health_says_so(
+        random_checkpoint, image_host, tmp_path, monkeypatch):
+    import io
+    import time
+
+    from PIL import Image
+
+    from backend.model import ISNetModel
+    from backend.server.app import create_app
+
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 32), (30, 200, 90)).save(buf, "PNG")
+    image = image_host.add(f"store-down-{uuid.uuid4().hex}.png", buf.getvalue())
+    url = f"s3://models/{uuid.uuid4().hex}"
+    model = None
+    try:
+        with s3_server.serve(tmp_path / "s3") as server:
+            for key, value in server.env().items():
+                monkeypatch.setenv(key, value)
+            a, b = (Settings(home=tmp_path / h / "home", model_dir_env=str(tmp_path / h / "models"),
+                             weights=str(random_checkpoint), input_size=64, engine="torch", model_store=url,
+                             redis_url=REDIS_URL, label_studio_url=image_host.url, label_studio_api_key="")
+                    for h in "ab")
+            store.connect(a)
+            ModelRegistry(a, "p7").promote(write_version(a, V1, random_checkpoint))
+            model = ISNetModel(b)
+            model.setup()
+            client = create_app(b, model).test_client()
+            assert client.post("/setup", json={"project": "7.1", "schema": CONFIG}).get_json()["model_version"] == V1
+        # the object store is gone
+        deadline = time.monotonic() + 60
+        health = client.get("/health").get_json()
+        while health["store"]["reachable"] is not False and time.monotonic() < deadline:
+            time.sleep(0.2)
+            health = client.get("/health").get_json()
+
+        assert health["status"] == "UP"
+        assert health["store"]["reachable"] is False and health["store"]["redis"] is True
+        assert url in health["store"]["error"]
+        answer = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": image}, "project": 7}],
+                                               "project": "7.1", "label_config": CONFIG}).get_json()
+        (entry,) = answer["results"]
+        assert entry["result"] and entry["model_version"] == V1
+    finally:
+        if model is not None and model.service is not None:
+            model.service.stop()
+        forget(url)
