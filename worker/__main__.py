@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__.splitlines()[0])
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument("--name", help="worker name (default: RQ's)")
+    parser.add_argument("--queue", action="append", dest="queues", metavar="NAME",
+                        help="listen on this RQ queue only (repeatable; default ISNET_QUEUE and ISNET_RETRAIN_QUEUE): "
+                        "a GPU worker takes only --queue $ISNET_RETRAIN_QUEUE")
     args = parser.parse_args(argv)
     try:
         settings = load()
@@ -53,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot reach Redis at {where}: {redaction.redact(str(exc))}. Start Redis or fix REDIS_URL.",
               file=sys.stderr)
         return 1
-    queue = Queue(settings.queue_name, connection=connection)
-    recover_abandoned(queue)
-    worker = RecoveringWorker([queue], connection=connection, name=args.name)
-    log.info("worker %s listening on %s at %s", worker.name, settings.queue_name, settings.redis_url)
+    names = args.queues or list(dict.fromkeys(n for n in (settings.queue_name, settings.retrain_queue) if n))
+    queues = [Queue(name, connection=connection) for name in names]
+    for queue in queues:
+        recover_abandoned(queue)
+    worker = RecoveringWorker(queues, connection=connection, name=args.name)
+    log.info("worker %s listening on %s at %s", worker.name, ", ".join(names), redaction.redact(settings.redis_url))
     worker.work(burst=args.burst, with_scheduler=True)
     return 0
 
