@@ -128,12 +128,12 @@ class Network:
             return code, text
 
     def wait_http(self, host: str, url: str, timeout: float, process: subprocess.Popen | None = None,
-                  log: Path | None = None) -> None:
+                  log: Path | None = None, accept: tuple[int, ...] = (200,)) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
                 raise AssertionError(f"{url} exited with {process.returncode}:\n{_tail(log)}")
-            if self.http(host, "GET", url, timeout=5)[0] == 200:
+            if self.http(host, "GET", url, timeout=5)[0] in accept:
                 return
             time.sleep(0.5)
         raise AssertionError(f"{url} did not answer within {timeout:.0f} s:\n{_tail(log)}")

@@ -1,8 +1,11 @@
 """Several hosts, one model store: network namespaces made here stand for the hosts of a deployment.
 
-The hub runs Redis and ``rclone serve s3`` (the object store) and serves the task images; two
-serving backends (``srv1``, ``srv2``) and two worker hosts (``wrk1``, ``wrk2``) each have an empty
-``MODEL_DIR`` of their own and reach the hub only over the namespaces' network. The real ISNet
+The hub runs Redis, ``rclone serve s3`` (the object store), the stand-in Label Studio (project 7,
+annotated) and serves the task images; two serving backends (``srv1``, ``srv2``) and two worker
+hosts (``wrk1`` with an RQ worker on the retraining queue, ``wrk2``) each have an empty
+``MODEL_DIR`` of their own and reach the hub only over the namespaces' network. A Label Studio
+``START_TRAINING`` webhook to ``srv1`` has the worker on ``wrk1`` run the cycle; ``isnet train
+--project 7`` on the worker hosts stands for further cycles (killed, racing). The real ISNet
 weights, one training step at 64 px, the anchor step and the feature loss off, the torch engine:
 enough to show the plumbing, in about a minute or two of CPU.
 
@@ -25,6 +28,7 @@ import pytest
 from backend.isnet.weights import WeightCache
 from backend.settings import load
 from tests import netns, s3_server
+from tests.conftest import FAKE_LS_TOKEN
 from tests.paths import REPO, SHARED
 
 pytestmark = pytest.mark.slow
@@ -36,6 +40,8 @@ STORE = "s3://models/deployment"
 FOLLOW_S = 10.0
 """How soon every server must serve a switch made on another host ("a few seconds")."""
 START_S = 120.0
+LABELLED = 10
+"""Annotated tasks of project 7 in the stand-in Label Studio (2 held out)."""
 CYCLE_S = 300.0
 
 
@@ -149,6 +155,8 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
                   logs / "rclone.log")
         net.start("hub", [sys.executable, "-m", "http.server", "8000", "--bind", hub, "--directory", str(pictures)],
                   {"PATH": "/usr/bin:/bin"}, logs / "images.log")
+        net.start("hub", [sys.executable, "-m", "tests.fake_label_studio_serve", hub, "8080", str(LABELLED)],
+                  {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}, logs / "label-studio.log")
         weights = str(WeightCache(load()).path())
         env = {}
         for name in ("srv1", "srv2", "wrk1", "wrk2"):
@@ -160,18 +168,22 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
                 "AWS_ACCESS_KEY_ID": s3_server.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": s3_server.SECRET_KEY,
                 "AWS_ENDPOINT_URL": f"http://{hub}:9000", "AWS_REGION": "us-east-1",
                 "ISNET_ENGINE": "torch", "ISNET_INPUT_SIZE": "64", "ISNET_DEVICE": "cpu", "ISNET_THREADS": "1",
-                "ISNET_ALLOWED_HOSTS": f"{hub}:8000", "LABEL_STUDIO_URL": f"http://{hub}:8000",
+                "ISNET_ALLOWED_HOSTS": f"{hub}:8000", "LABEL_STUDIO_URL": f"http://{hub}:8080",
+                "LABEL_STUDIO_API_KEY": FAKE_LS_TOKEN, "ISNET_RETRAIN_QUEUE": "isnet-retrain",
                 "ISNET_CALIB_SAMPLE": "0", "ISNET_AUTO_INT8_AFTER": "0", "WORKERS": "1", "THREADS": "4",
                 "ISNET_TRAIN_ANCHORS": "none", "ISNET_TRAIN_FEATURE_LOSS": "off", "ISNET_PROMOTE_RULE": "always",
                 "ISNET_TRAIN_ITERS": "1", "ISNET_STORE_LOCK_TTL": "4", "LOG_LEVEL": "INFO",
             }
         net.wait_http("hub", f"http://{hub}:8000/image.jpg", START_S)
+        net.wait_http("hub", f"http://{hub}:8080/img/missing", START_S, accept=(404,))
         deployment = Deployment(net, "hub", env, logs, data)
         for server in ("srv1", "srv2"):
             log = logs / f"{server}.log"
             process = net.start(server, [sys.executable, "-m", "backend.cli", "serve", "--host", "0.0.0.0",
                                          "--port", "9090"], env[server], log)
             net.wait_http("hub", deployment.server_url(server) + "/health", START_S, process, log)
+        net.start("wrk1", [sys.executable, "-m", "worker", "--queue", "isnet-retrain"], env["wrk1"],
+                  logs / "wrk1-rq.log")  # the RQ worker that takes project 7's retraining jobs
         yield deployment
 
 
@@ -187,9 +199,16 @@ def test_a_version_a_worker_trains_is_served_by_both_servers_without_a_restart(d
     pretrained = deployment.setup_version("srv1")
     assert deployment.setup_version("srv2") == pretrained
 
-    name = _trained(deployment.train("wrk1"), deployment.logs / "wrk1-train.log")
+    code, answer = deployment.net.http("hub", "POST", deployment.server_url("srv1") + "/webhook",
+                                       {"action": "START_TRAINING", "project": {"id": 7}})
+    assert code in (200, 201), answer
+    deadline = time.monotonic() + CYCLE_S  # the RQ worker on wrk1 exports, trains one step, promotes
+    while not deployment.current():
+        assert time.monotonic() < deadline, (deployment.logs / "wrk1-rq.log").read_text()[-4000:]
+        time.sleep(1)
+    name = deployment.current()
 
-    assert name.startswith("isnet-p7-ft-") and deployment.current() == name
+    assert name.startswith("isnet-p7-ft-")
     deployment.wait_served(name)
     assert deployment.predict_version("srv1") == name
     assert deployment.predict_version("srv2") == name
