@@ -90,6 +90,7 @@ engines are built when first needed; int8 then calibrates on 50 images of ``ISNE
 | ``ISNET_INFLIGHT_TTL`` | ``600`` | seconds ``/predict`` leaves a handed-over task to background pre-annotation |
 | ``ISNET_MODEL_STORE`` | ``""`` (MODEL_DIR only) | ``s3://bucket/prefix``: versions all hosts share (needs REDIS_URL) |
 | ``ISNET_RETRAIN_QUEUE`` | ``""`` (``ISNET_QUEUE``) | RQ queue of retraining jobs: a GPU worker can take only these |
+| ``ISNET_STORE_WAIT`` | ``300`` | seconds a promotion waits for an unreachable model store, then gives up |
 | ``ISNET_STORE_LOCK_TTL`` | ``60`` | with a store: seconds a dead host's cycle lock outlives it in Redis |
 """
 
@@ -237,6 +238,7 @@ class Settings(BaseSettings):
     model_store: StoreUrl = env("ISNET_MODEL_STORE", "")
     store_lock_ttl: float = env("ISNET_STORE_LOCK_TTL", 60.0, ge=2)
     retrain_queue: str = env("ISNET_RETRAIN_QUEUE", "")
+    store_wait: float = env("ISNET_STORE_WAIT", 300.0, ge=0)
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -7,6 +7,7 @@ tests/test_multihost.py; these check each rule on its own, fast.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -301,4 +302,66 @@ def test_with_the_store_down_predict_serves_the_cached_version_and_health_says_s
     finally:
         if model is not None and model.service is not None:
             model.service.stop()
+        forget(url)
+
+
+def _restart(server: s3_server.S3Server) -> subprocess.Popen:
+    """``rclone serve s3`` again on the same address and folder (the store comes back)."""
+    address = server.url.removeprefix("http://")
+    process = subprocess.Popen(s3_server.command(server.root, address), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    host, port = address.split(":")
+    s3_server.wait_for_port(host, int(port))
+    return process
+
+
+def test_a_promotion_waits_for_the_store_to_come_back(random_checkpoint, tmp_path, monkeypatch):
+    url = f"s3://models/{uuid.uuid4().hex}"
+    back = None
+    try:
+        with s3_server.serve(tmp_path / "s3") as server:
+            for key, value in server.env().items():
+                monkeypatch.setenv(key, value)
+            a = Settings(home=tmp_path / "a" / "home", model_dir_env=str(tmp_path / "a" / "models"),
+                         weights=str(random_checkpoint), model_store=url, redis_url=REDIS_URL, store_wait=60)
+            store.connect(a)
+            write_version(a, V1, random_checkpoint)
+            server.process.terminate()
+            server.process.wait(timeout=10)
+            done = threading.Event()
+            promoter = threading.Thread(target=lambda: (ModelRegistry(a, "p7").promote(V1), done.set()))
+            promoter.start()
+            assert not done.wait(2)  # the store is down: the promotion waits, nothing switched
+            assert ModelRegistry(a, "p7").own_current_name() is None
+
+            back = _restart(server)
+            promoter.join(60)
+
+            assert done.is_set() and ModelRegistry(a, "p7").own_current_name() == V1
+            assert (server.root / url.removeprefix("s3://") / "versions" / V1 / CHECKPOINT_FILE).is_file()
+    finally:
+        if back is not None:
+            back.terminate()
+            back.wait(timeout=10)
+        forget(url)
+
+
+def test_a_promotion_gives_up_on_a_store_that_stays_down_and_switches_nothing(random_checkpoint, tmp_path,
+                                                                              monkeypatch):
+    from backend.isnet.remote import StoreUnavailable
+
+    url = f"s3://models/{uuid.uuid4().hex}"
+    try:
+        with s3_server.serve(tmp_path / "s3") as server:
+            for key, value in server.env().items():
+                monkeypatch.setenv(key, value)
+            a = Settings(home=tmp_path / "a" / "home", model_dir_env=str(tmp_path / "a" / "models"),
+                         weights=str(random_checkpoint), model_store=url, redis_url=REDIS_URL, store_wait=1)
+            store.connect(a)
+            write_version(a, V1, random_checkpoint)
+        with pytest.raises(StoreUnavailable, match=url):
+            ModelRegistry(a, "p7").promote(V1)
+        assert ModelRegistry(a, "p7").own_current_name() is None
+        assert ModelRegistry(a, "p7").switches()["switches"] == []
+    finally:
         forget(url)

@@ -22,6 +22,7 @@ Names: ``isnet-pretrained-<12 hex of the sha256>`` for the pretrained weights,
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -33,6 +34,8 @@ from pathlib import Path
 from backend.isnet import remote
 from backend.isnet.weights import WeightCache, WeightsError, sha256_file
 from backend.settings import Settings
+
+log = logging.getLogger(__name__)
 
 PRETRAINED_PREFIX = "isnet-pretrained-"
 TRAINED_PREFIX = "isnet-ft-"
@@ -160,16 +163,26 @@ class VersionStore:
 
     # -- the shared store (ISNET_MODEL_STORE) -----------------------------------------------
 
-    def publish(self, name: str) -> int:
+    def publish(self, name: str, wait: float = 0.0) -> int:
         """Upload version ``name`` from this host's cache to the store (the files it lacks); the
         number of files uploaded, 0 without a store. A version is published before any lineage
-        may serve it, so every host can fetch what a pointer names."""
+        may serve it, so every host can fetch what a pointer names. ``wait``: seconds to keep trying
+        while the store is unreachable (backing off up to 30 s), then :class:`remote.StoreUnavailable`."""
         if self.objects is None or name.startswith(PRETRAINED_PREFIX):
             return 0
         directory = self.versions_dir / name
         if not (directory / CHECKPOINT_FILE).is_file():
             raise KeyError(f"no model version {name!r} in {self.versions_dir} to publish")
-        return self.objects.upload(name, directory)
+        deadline, pause = time.monotonic() + wait, 1.0
+        while True:
+            try:
+                return self.objects.upload(name, directory)
+            except remote.StoreUnavailable as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("%s; waiting %.0f s to publish %s", exc, pause, name)
+                time.sleep(pause)
+                pause = min(30.0, pause * 2)
 
     def stored(self, name: str) -> dict[str, dict[str, object]]:
         """The files the store holds of version ``name`` (path -> sha256, size); empty without a store."""

@@ -506,7 +506,7 @@ class Cycle:
                       self.registry.current_name())
         area.commit()
         if self._in_registry():
-            self.registry.store.publish(area.final.name)  # with ISNET_MODEL_STORE: every host's history sees it
+            self._publish(area.final.name)  # with ISNET_MODEL_STORE: every host's history sees it
         return report
 
     # -- stage 7: promotion -----------------------------------------------------------------------
@@ -526,9 +526,13 @@ class Cycle:
             except PromotionConflict as exc:
                 report.decision = dataclasses.replace(report.decision, promote=False,
                                                       reason=f"{report.decision.reason}; not applied: {exc}")
+            except OSError as exc:  # the shared store or Redis unreachable past ISNET_STORE_WAIT
+                report.decision = dataclasses.replace(
+                    report.decision, promote=False, reason=f"{report.decision.reason}; not applied: the model store "
+                    f"is unreachable ({exc}); {report.version} is kept on this host (isnet model use promotes it)")
             report.save(report.directory)
             if self._in_registry():
-                registry.store.publish(report.version)  # its final cycle.json
+                self._publish(report.version)  # its final cycle.json
         if self._in_registry():
             report.retention = prune_after_cycle(self.settings, registry.lineage)  # never raises: logs, reports
             write_history(collect(registry.record_dirs(), registry.lineage),
@@ -540,6 +544,14 @@ class Cycle:
     def _score(self, label: str, name: str, items: list[Item], stage: str) -> Evaluation:
         return evaluate_models({label: self.model}, items, self.options.size, self.settings.max_pixels,
                                self.options.device, self.progress, describe={label: name}, stage=stage)
+
+    def _publish(self, name: str) -> None:
+        """Upload the version's records to the shared store; unreachable, it is said and left (the
+        promotion publishes again, and waits for the store)."""
+        try:
+            self.registry.store.publish(name)
+        except OSError as exc:
+            log.warning("%s is not in the model store yet: %s", name, exc)
 
     def _in_registry(self) -> bool:
         return self.area.final.parent.resolve() == self.registry.versions_dir.resolve()

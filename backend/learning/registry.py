@@ -192,10 +192,12 @@ class ModelRegistry:
 
         The version it replaces is pushed onto the rollback stack (``how`` names the switch in
         ``switches.json``: ``promote`` for a cycle, ``use`` for ``isnet model use``). With a shared
-        store the version is published there first, so every host can fetch what it is told to serve.
+        store the version is published there first, so every host can fetch what it is told to serve;
+        while the store is unreachable it waits up to ``ISNET_STORE_WAIT``, then raises ``OSError``
+        with nothing switched.
         """
         version = self.get(name)
-        self.store.publish(name)
+        self.store.publish(name, wait=self.settings.store_wait)  # the store down: the promotion waits for it
 
         def change(state: PointerState) -> None:
             self.get(name)  # again under the lock: retention may have removed it meanwhile
