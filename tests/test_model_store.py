@@ -365,3 +365,31 @@ def test_a_promotion_gives_up_on_a_store_that_stays_down_and_switches_nothing(ra
         assert ModelRegistry(a, "p7").switches()["switches"] == []
     finally:
         forget(url)
+
+
+def test_a_gt_encoder_one_worker_trained_is_reused_by_another(tiny_settings, tiny_pairs, s3, tmp_path, monkeypatch):
+    from backend.isnet.training.gt_cache import CACHE_DIR
+    from backend.isnet.training.options import TrainOptions
+    from backend.isnet.training.tiny import TINY
+    from backend.learning import run_cycle
+
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    url = f"s3://models/{uuid.uuid4().hex}"
+    options = TrainOptions(iters=2, size=64, batch=2, lr=1e-3, device="cpu", amp=False, gt_max_iters=40,
+                           gt_check_every=2, gt_target_f=0.6, promote_rule="never", anchors="none")
+    a, b = (tiny_settings.replace(model_dir_env=str(tmp_path / h / "models"), model_store=url, redis_url=REDIS_URL)
+            for h in "ab")
+    store.connect(a)
+    images, masks = tiny_pairs(8)
+    try:
+        first = run_cycle((images, masks), a, options, networks=TINY)
+        assert first.training["gt_encoder"]["source"] == "scratch"
+
+        second = run_cycle((images, masks), b, options, networks=TINY)  # another host, an empty MODEL_DIR
+
+        assert second.training["gt_encoder"]["source"] == "cache" and second.training["gt_encoder"]["steps"] == 0
+        assert sorted(p.name for p in (b.model_dir / CACHE_DIR).iterdir()) == \
+            sorted(p.name for p in (a.model_dir / CACHE_DIR).iterdir())
+    finally:
+        forget(url)

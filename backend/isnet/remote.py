@@ -13,11 +13,14 @@ does, and every download is checked against it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from backend.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class StoreUnavailable(OSError):
@@ -48,6 +51,16 @@ class VersionObjects(Protocol):
     def check(self) -> None:
         """Raise :class:`StoreUnavailable` when the store cannot be reached."""
 
+    def pull(self, folder: str, local: Path) -> int:
+        """Download the files of the shared ``folder`` (a cache: immutable files named by content)
+        that ``local`` lacks; how many."""
+
+    def push(self, folder: str, local: Path) -> int:
+        """Upload the files of ``local`` that the shared ``folder`` lacks; how many."""
+
+    def remove(self, folder: str, names: list[str]) -> None:
+        """Remove these files of the shared ``folder``."""
+
 
 _connect: Callable[[Settings], VersionObjects] | None = None
 _connected: dict[str, VersionObjects] = {}
@@ -58,6 +71,20 @@ def install(connect: Callable[[Settings], VersionObjects]) -> None:
     global _connect
     _connect = connect
     _connected.clear()
+
+
+def share_folder(settings: Settings, folder: str, local: Path, direction: str) -> int:
+    """With a store: ``pull`` the shared ``folder`` into ``local`` or ``push`` ``local`` to it (the GT
+    encoder cache, so any worker reuses what another trained). A cache: an unreachable store is
+    logged and skipped, never an error. 0 without a store."""
+    found = objects(settings)
+    if found is None:
+        return 0
+    try:
+        return found.pull(folder, local) if direction == "pull" else found.push(folder, local)
+    except StoreUnavailable as exc:
+        log.warning("the shared %s are not synchronised: %s", folder, exc)
+        return 0
 
 
 def objects(settings: Settings) -> VersionObjects | None:

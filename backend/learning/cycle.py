@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from backend import atomic
+from backend.isnet import remote
 from backend.isnet.training.budget import Budget
 from backend.isnet.training.data import (
     Dataset,
@@ -376,8 +377,10 @@ class Cycle:
         """The GT encoder (cached per labelled set), then segmentation steps until the budget."""
         t = time.perf_counter()
         torch.manual_seed(self.options.seed)
+        cache_dir = self.settings.model_dir / CACHE_DIR
+        remote.share_folder(self.settings, CACHE_DIR, cache_dir, "pull")  # encoders other workers trained
         plan = _plan_gt_encoder(self.networks, self.gt_state, self.pairs, self.options,
-                                GTEncoderCache(self.settings.model_dir / CACHE_DIR, self.registry.lineage),
+                                GTEncoderCache(cache_dir, self.registry.lineage),
                                 self.progress,
                                 resuming=bool(self.state))
         self.gt_plan = plan
@@ -386,6 +389,7 @@ class Cycle:
             on_gt_trained=plan.trained, state=self.state, save_state=self.area.save_state, progress=self.progress,
             budget=self.budget,
         )
+        remote.share_folder(self.settings, CACHE_DIR, cache_dir, "push")
         self.timings["train"] = time.perf_counter() - t
 
     # -- stage 4: the share of the change to keep -------------------------------------------------

@@ -332,14 +332,20 @@ def prune(settings: Settings, lineage: str, dry_run: bool = False, policy: Polic
 
 def _unpublish(settings: Settings, removal: Removal, out: Plan) -> None:
     """With ``ISNET_MODEL_STORE``: remove from the store what ``removal`` removed here (a version,
-    its weights or its engines), so no host fetches them again."""
+    its weights or its engines, a GT encoder), so no host fetches them again."""
     store = VersionStore(settings)
     if store.objects is None:
+        return
+    if removal.shown.parent == settings.model_dir / CACHE_DIR:  # a shared GT encoder: else the next cycle pulls it
+        try:
+            store.objects.remove(CACHE_DIR, [p.name for p in removal.paths])
+        except OSError as exc:
+            out.errors.append(f"{store.objects.url} {CACHE_DIR}: {exc}")
         return
     try:
         rel = removal.shown.relative_to(store.versions_dir)
     except ValueError:
-        return  # not a version's file (a snapshot, a GT encoder): this host's only
+        return  # not a version's file (a snapshot): this host's only
     name, *rest = rel.parts
     try:
         store.unpublish(name, "/".join(rest) or None)

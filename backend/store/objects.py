@@ -167,6 +167,68 @@ class S3Versions:
         except (BotoCoreError, ClientError) as exc:
             raise self._unavailable(f"deleting {name}", exc) from exc
 
+    def _shared_key(self, folder: str, name: str = "") -> str:
+        return "/".join(p for p in (self.prefix, "shared", folder, name) if p)
+
+    def _listing(self, folder: str) -> dict[str, int]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        found: dict[str, int] = {}
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._shared_key(folder) + "/")
+            for page in pages:
+                for entry in page.get("Contents", []) or []:
+                    found[entry["Key"].rsplit("/", 1)[-1]] = int(entry["Size"])
+        except (BotoCoreError, ClientError) as exc:
+            raise self._unavailable(f"listing the shared {folder}", exc) from exc
+        return found
+
+    def pull(self, folder: str, local: Path) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        pulled = 0
+        for name, size in sorted(self._listing(folder).items()):
+            target = local / name
+            if name.startswith(".") or (target.is_file() and target.stat().st_size == size):
+                continue
+            local.mkdir(parents=True, exist_ok=True)
+            part = local / f".{name}.part"
+            try:
+                self.client.download_file(self.bucket, self._shared_key(folder, name), str(part))
+            except (BotoCoreError, ClientError) as exc:
+                part.unlink(missing_ok=True)
+                raise self._unavailable(f"downloading the shared {folder}/{name}", exc) from exc
+            part.replace(target)
+            pulled += 1
+        return pulled
+
+    def push(self, folder: str, local: Path) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        there = self._listing(folder)
+        pushed = 0
+        for path in sorted(local.iterdir()) if local.is_dir() else []:
+            if path.name.startswith(".") or not path.is_file() or there.get(path.name) == path.stat().st_size:
+                continue
+            try:
+                self.client.upload_file(str(path), self.bucket, self._shared_key(folder, path.name))
+            except (BotoCoreError, ClientError) as exc:
+                raise self._unavailable(f"uploading the shared {folder}/{path.name}", exc) from exc
+            pushed += 1
+        return pushed
+
+    def remove(self, folder: str, names: list[str]) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            for start in range(0, len(names), 1000):
+                batch = [{"Key": self._shared_key(folder, n)} for n in names[start:start + 1000]]
+                if batch:
+                    self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        except (BotoCoreError, ClientError) as exc:
+            raise self._unavailable(f"removing shared {folder}", exc) from exc
+
     def check(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
