@@ -60,7 +60,7 @@ class Network:
 
     hosts: dict[str, Host] = field(default_factory=dict)
     processes: list[subprocess.Popen] = field(default_factory=list)
-    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    tag: str = field(default_factory=lambda: f"{os.getpid()}-{secrets.token_hex(2)}")
     subnet: str = field(default_factory=lambda: f"10.{random.randint(100, 250)}.{random.randint(0, 255)}")
 
     def add(self, name: str) -> Host:
@@ -174,9 +174,20 @@ def _tail(log: Path | None) -> str:
     return ""
 
 
+def remove_orphans() -> None:
+    """Namespaces an earlier run left behind (it was killed before its clean-up): those whose test
+    process (the pid in their name) is gone."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    for name in (n for n in listed if n.startswith(PREFIX)):
+        pid = name[len(PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
 @contextlib.contextmanager
 def network(*names: str) -> Iterator[Network]:
     """Namespaces for ``names`` (the first is the hub), removed with everything started in them."""
+    remove_orphans()
     net = Network()
     try:
         for name in names:
