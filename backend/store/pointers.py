@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -34,6 +35,8 @@ from backend.redaction import redact
 from backend.settings import Settings
 
 T = TypeVar("T")
+FINGERPRINT_S = 1.0
+"""How stale a serving process's view of the current versions may be (another host's switch)."""
 SWITCH_LOCK_S = 30.0
 """Longest a switch may hold its lock (a switch reads a few keys and may fetch a version's records)."""
 
@@ -46,6 +49,8 @@ class RedisPointers:
         self.ns = namespace
         self.lock_ttl = lock_ttl
         self.where = where
+        self._memo: dict[tuple[str, ...], tuple[float, tuple[Any, ...]]] = {}
+        self._memo_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisPointers:
@@ -106,6 +111,8 @@ class RedisPointers:
                             pipe.set(self._key(lineage, "retired"), state.retired)
                         pipe.sadd(f"{self.ns}:lineages", lineage)
                         pipe.execute()
+                        with self._memo_lock:
+                            self._memo.clear()
                         return result
                     except WatchError:
                         continue  # another host switched it meanwhile: judge again on what is current now
@@ -113,10 +120,21 @@ class RedisPointers:
             raise self._unavailable(f"switching lineage {lineage}", exc) from exc
 
     def fingerprint(self, lineages: Sequence[str]) -> tuple[Any, ...]:
+        """The lineages' current names, read at most every :data:`FINGERPRINT_S` per process (every
+        ``/predict`` asks; a switch made in this process is seen at once)."""
+        key = tuple(lineages)
+        now = time.monotonic()
+        with self._memo_lock:
+            known = self._memo.get(key)
+        if known is not None and now - known[0] < FINGERPRINT_S:
+            return known[1]
         try:
-            return tuple(self.redis.mget([self._key(lineage, "current") for lineage in lineages]))
+            value = tuple(self.redis.mget([self._key(lineage, "current") for lineage in lineages]))
         except RedisError as exc:
             raise self._unavailable("reading the current versions", exc) from exc
+        with self._memo_lock:
+            self._memo[key] = (now, value)
+        return value
 
     @contextlib.contextmanager
     def switch_lock(self, lineage: str) -> Iterator[None]:
