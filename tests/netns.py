@@ -83,10 +83,16 @@ class Network:
         _ip("-n", namespace, "link", "set", "eth0", "up")
         return host
 
+    def _in(self, host: str, cmd: list[str]) -> list[str]:
+        """``cmd`` run in ``host``'s network namespace with a host name of its own (``socket.gethostname()``
+        differs between hosts, as what a lock holder or RQ records says)."""
+        return ["ip", "netns", "exec", self.hosts[host].namespace, "unshare", "--uts", "sh", "-c",
+                'hostname "$0" && exec "$@"', host, *cmd]
+
     def start(self, host: str, cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         """``cmd`` in ``host``'s namespace (its own session, so all its children can be killed)."""
         with open(log, "ab") as out:
-            process = subprocess.Popen(["ip", "netns", "exec", self.hosts[host].namespace, *cmd], env=env,
+            process = subprocess.Popen(self._in(host, cmd), env=env,
                                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
         self.processes.append(process)
@@ -94,9 +100,8 @@ class Network:
 
     def run(self, host: str, cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
         """``cmd`` in ``host``'s namespace, to its end (killed, with its children, past ``timeout``)."""
-        process = subprocess.Popen(["ip", "netns", "exec", self.hosts[host].namespace, *cmd], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   start_new_session=True)
+        process = subprocess.Popen(self._in(host, cmd), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, start_new_session=True)
         self.processes.append(process)
         try:
             out, _ = process.communicate(timeout=timeout)

