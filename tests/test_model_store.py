@@ -402,3 +402,24 @@ def test_a_gt_encoder_one_worker_trained_is_reused_by_another(tiny_settings, tin
             sorted(p.name for p in (a.model_dir / CACHE_DIR).iterdir())
     finally:
         forget(url)
+
+
+def test_a_serving_host_drops_from_its_cache_what_retention_removed_from_the_store(host, random_checkpoint):
+    from backend.learning.retention import Policy, prune
+
+    a, b = host("a"), host("b")
+    names = [f"isnet-p7-ft-2026010{i}-000000-aaaaa{i}" for i in range(1, 4)]
+    ModelRegistry(a, "p7").promote(write_version(a, names[0], random_checkpoint))
+    assert ModelRegistry(b, "p7").current().name == names[0]  # host b serves it: a copy in its cache
+    for name in names[1:]:
+        ModelRegistry(a, "p7").promote(write_version(a, name, random_checkpoint))
+    prune(a, "p7", policy=Policy(keep_versions=1, keep_rollback=0, keep_reports=20, keep_snapshots=0))
+    own = ModelRegistry(b).versions_dir / "isnet-p7-ft-20260109-000000-ffffff"
+    own.mkdir(parents=True)  # a version written on host b itself, not published: never evicted
+    shutil.copyfile(random_checkpoint, own / CHECKPOINT_FILE)
+
+    removed = ModelRegistry(b, "p7").store.evict_unshared()
+
+    assert removed == [str(b.model_dir / "versions" / names[0] / CHECKPOINT_FILE)]
+    assert (b.model_dir / "versions" / names[0] / "cycle.json").is_file()  # its records stay, as in the store
+    assert (own / CHECKPOINT_FILE).is_file()

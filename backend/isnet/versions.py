@@ -43,6 +43,8 @@ CHECKPOINT_FILE = "checkpoint.pth"
 BASE = "base"
 """The lineage every project without one of its own follows (and requests without a project)."""
 LINEAGES_DIR = "lineages"
+FETCHED_MARK = ".from-store"
+"""In a cached version's directory: it was fetched from ``ISNET_MODEL_STORE`` (not written here)."""
 _LINEAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,39}$")
 _TRAINED_NAME = re.compile(r"^isnet-([a-z0-9][a-z0-9_]{0,39})-ft-\d{8}-\d{6}-[0-9a-f]+$")
 
@@ -210,6 +212,7 @@ class VersionStore:
             except KeyError:
                 return False
             final = self.versions_dir / name
+            (work / FETCHED_MARK).touch()  # a copy of the store's: evict_unshared may drop it
             files = sorted((p for p in work.rglob("*") if p.is_file()), key=lambda p: p.name == CHECKPOINT_FILE)
             for path in files:
                 target = final / path.relative_to(work)
@@ -218,6 +221,32 @@ class VersionStore:
             return True
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def evict_unshared(self) -> list[str]:
+        """With a store: drop from this host's cache what retention removed from the store (a version
+        whole, or its weights and engines), so every host's cache stays as bounded as the store. Only
+        copies fetched from the store are touched, never a version written here and not yet published.
+        What was removed; an unreachable store removes nothing."""
+        if self.objects is None or not self.versions_dir.is_dir():
+            return []
+        removed = []
+        for directory in sorted(self.versions_dir.iterdir()):
+            if directory.name.startswith(".") or not (directory / FETCHED_MARK).is_file():
+                continue
+            try:
+                stored = self.objects.files(directory.name)
+            except remote.StoreUnavailable:
+                return removed
+            if stored is None:
+                shutil.rmtree(directory, ignore_errors=True)
+                removed.append(str(directory))
+            elif CHECKPOINT_FILE not in stored and (directory / CHECKPOINT_FILE).exists():
+                (directory / CHECKPOINT_FILE).unlink(missing_ok=True)
+                shutil.rmtree(directory / "engines", ignore_errors=True)
+                removed.append(str(directory / CHECKPOINT_FILE))
+        if removed:
+            log.info("model cache: removed %d item(s) the store no longer holds: %s", len(removed), ", ".join(removed))
+        return removed
 
     def _sync_records(self) -> set[str]:
         """With a store: every version it holds has at least its records here (its weights come

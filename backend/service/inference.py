@@ -155,9 +155,12 @@ class VersionWatcher:
                 self.last_error = str(exc)
                 self._known[lineage] = (key, known[1])
                 return known[1]
+            changed = known is not None and known[1].name != version.name
             self._known[lineage] = (key, version)
             self.last_error = None
-            return version
+        if changed and registry.shared is not None:  # a switch on some host: retention may have run there
+            threading.Thread(target=registry.store.evict_unshared, daemon=True, name="isnet-cache-evict").start()
+        return version
 
 
 @dataclass
