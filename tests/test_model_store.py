@@ -423,3 +423,37 @@ def test_a_serving_host_drops_from_its_cache_what_retention_removed_from_the_sto
     assert removed == [str(b.model_dir / "versions" / names[0] / CHECKPOINT_FILE)]
     assert (b.model_dir / "versions" / names[0] / "cycle.json").is_file()  # its records stay, as in the store
     assert (own / CHECKPOINT_FILE).is_file()
+
+
+def test_held_out_images_of_a_snapshot_reach_the_forgetting_guard_of_a_cycle_on_another_worker(
+        tiny_settings, tiny_pairs, duts_tr, s3, tmp_path, monkeypatch):
+    from backend.isnet.training.options import TrainOptions
+    from backend.isnet.training.tiny import TINY
+    from backend.learning import run_cycle
+
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    url = f"s3://models/{uuid.uuid4().hex}"
+    a = tiny_settings.replace(model_dir_env=str(tmp_path / "a" / "models"), model_store=url, redis_url=REDIS_URL)
+    store.connect(a)
+    options = TrainOptions(iters=1, size=64, batch=2, device="cpu", amp=False, feature_loss="off", anchors="none",
+                           promote_rule="never", holdout_fraction=0.3)
+    snapshot = a.model_dir / "datasets" / "project-7" / "20260101-000000"  # as worker.export writes one
+    for kind in ("images", "masks"):
+        (snapshot / kind).mkdir(parents=True)
+    for image in sorted((duts_tr / "images").iterdir())[:6]:
+        shutil.copy(image, snapshot / "images" / image.name)
+        shutil.copy(duts_tr / "masks" / f"{image.stem}.png", snapshot / "masks" / f"{image.stem}.png")
+    try:
+        first = run_cycle((snapshot / "images", snapshot / "masks"), a, options, networks=TINY)
+        held = [Path(f) for _, image, mask in first.held_out_items for f in (image, mask)]
+        assert held and all(snapshot in f.parents for f in held)
+        shutil.rmtree(snapshot)  # the next cycle runs on a worker that never had this snapshot
+
+        images, masks = tiny_pairs(6)
+        second = run_cycle((images, masks), a, options, networks=TINY)
+
+        assert all(f.is_file() for f in held)  # pulled from the store for the forgetting guard
+        assert second.budget["earlier_missing"] == 0
+    finally:
+        forget(url)

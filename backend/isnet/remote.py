@@ -14,7 +14,7 @@ does, and every download is checked against it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -59,7 +59,13 @@ class VersionObjects(Protocol):
         """Upload the files of ``local`` that the shared ``folder`` lacks; how many."""
 
     def remove(self, folder: str, names: list[str]) -> None:
-        """Remove these files of the shared ``folder``."""
+        """Remove these files (or folders, with all they hold) of the shared ``folder``."""
+
+    def put_file(self, rel: str, path: Path) -> bool:
+        """Upload one file of ``MODEL_DIR`` under its relative path ``rel`` unless the store has it."""
+
+    def get_file(self, rel: str, path: Path) -> bool:
+        """Download the file stored as ``rel`` to ``path``; False when the store lacks it."""
 
 
 _connect: Callable[[Settings], VersionObjects] | None = None
@@ -85,6 +91,31 @@ def share_folder(settings: Settings, folder: str, local: Path, direction: str) -
     except StoreUnavailable as exc:
         log.warning("the shared %s are not synchronised: %s", folder, exc)
         return 0
+
+
+def share_files(settings: Settings, paths: Iterable[Path], direction: str) -> int:
+    """With a store: ``push`` these files of ``MODEL_DIR`` to it, or ``pull`` those missing here, by
+    their path relative to ``MODEL_DIR`` (the held-out images of label snapshots that the forgetting
+    guard of a later cycle, on any worker, reads). Files outside ``MODEL_DIR`` stay this host's. A
+    cache: an unreachable store is logged and skipped. How many moved; 0 without a store."""
+    found = objects(settings)
+    if found is None:
+        return 0
+    root = settings.model_dir.resolve()
+    moved = 0
+    try:
+        for path in dict.fromkeys(Path(p) for p in paths):
+            try:
+                rel = path.resolve().relative_to(root).as_posix()
+            except ValueError:
+                continue
+            if direction == "push" and path.is_file():
+                moved += found.put_file(rel, path)
+            elif direction == "pull" and not path.exists():
+                moved += found.get_file(rel, path)
+    except StoreUnavailable as exc:
+        log.warning("snapshot files are not synchronised with the store: %s", exc)
+    return moved
 
 
 def objects(settings: Settings) -> VersionObjects | None:

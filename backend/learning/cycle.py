@@ -59,7 +59,7 @@ from backend.isnet.weights import save_torch_atomic
 from backend.learning import cycle_lock
 from backend.learning.engine_rebuild import estimate_seconds, prepare_engines
 from backend.learning.evaluation import Evaluation, evaluate_models, merge, seconds_per_image, write_reports
-from backend.learning.history import CYCLE_FILE, collect, earlier_held_out, write_history
+from backend.learning.history import CYCLE_FILE, collect, earlier_held_out, guard_entries, write_history
 from backend.learning.interpolation import (
     SEARCH_STEPS,
     Interpolation,
@@ -300,7 +300,10 @@ class Cycle:
     def _earlier_items(self, exclude: set[str]) -> list[Item]:
         """This lineage's earlier cycles' held-out items (readable ones, at most :data:`EARLIER_MAX`);
         missing or unreadable ones are listed as skipped and counted (``budget.earlier_missing``)."""
-        earlier = earlier_held_out(collect(self.registry.record_dirs(), self.registry.lineage), exclude, EARLIER_MAX)
+        records = collect(self.registry.record_dirs(), self.registry.lineage)
+        remote.share_files(self.settings, [Path(f) for _, image, mask in guard_entries(records) for f in (image, mask)],
+                           "pull")  # with a store: the ones another worker's snapshots hold
+        earlier = earlier_held_out(records, exclude, EARLIER_MAX)
         found, bad = check_readable([Item(k, Path(i), Path(m)) for k, i, m in earlier.items], self.settings.max_pixels)
         gone = [Skipped(k, i, "earlier held-out image or mask is gone: the forgetting guard cannot score it")
                 for k, i, _ in earlier.missing] + [Skipped(b.key, b.path, f"earlier held-out: {b.reason}") for b in bad]
@@ -511,6 +514,8 @@ class Cycle:
         area.commit()
         if self._in_registry():
             self._publish(area.final.name)  # with ISNET_MODEL_STORE: every host's history sees it
+            remote.share_files(self.settings, [Path(f) for _, image, mask in report.held_out_items
+                                               for f in (image, mask)], "push")  # later guards, on any worker
         return report
 
     # -- stage 7: promotion -----------------------------------------------------------------------

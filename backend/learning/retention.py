@@ -342,10 +342,19 @@ def _unpublish(settings: Settings, removal: Removal, out: Plan) -> None:
         except OSError as exc:
             out.errors.append(f"{store.objects.url} {CACHE_DIR}: {exc}")
         return
+    snapshots = settings.model_dir / SNAPSHOTS_DIR
+    if removal.shown == snapshots or snapshots in removal.shown.parents:  # held-out files other workers pull
+        files = [p.relative_to(settings.model_dir).as_posix() for p in removal.paths if snapshots in p.parents]
+        # a whole snapshot's folder or some of its files
+        try:
+            store.objects.remove("files", files)
+        except OSError as exc:
+            out.errors.append(f"{store.objects.url} snapshots: {exc}")
+        return
     try:
         rel = removal.shown.relative_to(store.versions_dir)
     except ValueError:
-        return  # not a version's file (a snapshot): this host's only
+        return
     name, *rest = rel.parts
     try:
         store.unpublish(name, "/".join(rest) or None)

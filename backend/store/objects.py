@@ -222,12 +222,53 @@ class S3Versions:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            for start in range(0, len(names), 1000):
-                batch = [{"Key": self._shared_key(folder, n)} for n in names[start:start + 1000]]
+            keys = [self._shared_key(folder, n) for n in names]
+            for name in names:  # a folder's name: everything under it
+                pages = self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=self._shared_key(folder, name).rstrip("/") + "/")
+                keys += [entry["Key"] for page in pages for entry in page.get("Contents", []) or []]
+            for start in range(0, len(keys), 1000):
+                batch = [{"Key": key} for key in keys[start:start + 1000]]
                 if batch:
                     self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         except (BotoCoreError, ClientError) as exc:
             raise self._unavailable(f"removing shared {folder}", exc) from exc
+
+    def put_file(self, rel: str, path: Path) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self._shared_key("files", rel)
+        try:
+            try:
+                if int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]) == path.stat().st_size:
+                    return False
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404", "NotFound"):
+                    raise
+            self.client.upload_file(str(path), self.bucket, key)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._unavailable(f"uploading {rel}", exc) from exc
+        return True
+
+    def get_file(self, rel: str, path: Path) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f".{path.name}.part")
+        try:
+            self.client.download_file(self.bucket, self._shared_key("files", rel), str(part))
+        except ClientError as exc:
+            part.unlink(missing_ok=True)
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise self._unavailable(f"downloading {rel}", exc) from exc
+        except BotoCoreError as exc:
+            part.unlink(missing_ok=True)
+            raise self._unavailable(f"downloading {rel}", exc) from exc
+        part.replace(path)
+        return True
 
     def check(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
