@@ -90,6 +90,10 @@ retrained version on its own training images).
 | ``ISNET_REDIS_TIMEOUT`` | ``0.5`` | Redis socket timeout (s) when enqueueing: ``/webhook`` answers at once |
 | ``ISNET_LOCAL_QUEUE`` | ``10000`` | without Redis: most tasks waiting for the in-process thread; more are dropped |
 | ``ISNET_INFLIGHT_TTL`` | ``600`` | seconds ``/predict`` leaves a handed-over task to background pre-annotation |
+| ``ISNET_MODEL_STORE`` | ``""`` (MODEL_DIR only) | ``s3://bucket/prefix``: versions all hosts share (needs REDIS_URL) |
+| ``ISNET_RETRAIN_QUEUE`` | ``""`` (``ISNET_QUEUE``) | RQ queue of retraining jobs: a GPU worker can take only these |
+| ``ISNET_STORE_WAIT`` | ``300`` | seconds a promotion waits for an unreachable model store, then gives up |
+| ``ISNET_STORE_LOCK_TTL`` | ``60`` | with a store: seconds a dead host's cycle lock outlives it in Redis |
 """
 
 from __future__ import annotations
@@ -140,6 +144,18 @@ Items = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_items)]
 Sizes = Annotated[tuple[int, ...], NoDecode, BeforeValidator(_items)]
 BaseUrl = Annotated[str, AfterValidator(lambda url: url.rstrip("/"))]
 HomePath = Annotated[Path, AfterValidator(lambda path: path.expanduser())]
+
+
+def _store_url(url: str) -> str:
+    """``s3://bucket[/prefix]`` (trailing ``/`` dropped); anything else is refused, naming what is accepted."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError("use s3://bucket/prefix (an S3-compatible object store; endpoint and credentials from "
+                         "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), or leave it empty for MODEL_DIR")
+    return url.rstrip("/")
+
+
+StoreUrl = Annotated[str, AfterValidator(lambda url: _store_url(url) if url else url)]
 SECRET = frozenset({"LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN", "BASIC_AUTH_PASS", "REDIS_URL"})
 
 
@@ -221,6 +237,10 @@ class Settings(BaseSettings):
     redis_timeout: float = env("ISNET_REDIS_TIMEOUT", 0.5, gt=0)
     local_queue: int = env("ISNET_LOCAL_QUEUE", 10_000, ge=0)
     inflight_ttl: float = env("ISNET_INFLIGHT_TTL", 600.0, gt=0)
+    model_store: StoreUrl = env("ISNET_MODEL_STORE", "")
+    store_lock_ttl: float = env("ISNET_STORE_LOCK_TTL", 60.0, ge=2)
+    retrain_queue: str = env("ISNET_RETRAIN_QUEUE", "")
+    store_wait: float = env("ISNET_STORE_WAIT", 300.0, ge=0)
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -50,6 +50,19 @@ def test_a_burst_of_annotation_events_queues_one_job_per_project(rq_settings):
     assert connection.get(retrain_queue.force_key(rq_settings.queue_name, PROJECT)) == b"1"  # the explicit ask stays
 
 
+def test_with_a_retraining_queue_of_its_own_cycles_go_there_and_pre_annotation_stays(rq_settings):
+    settings = rq_settings.replace(retrain_queue=rq_settings.queue_name + "-gpu")  # what a GPU worker listens on
+    connection = Redis.from_url(REDIS_URL)
+    try:
+        hooks.enqueue_event("START_TRAINING", PROJECT, {}, settings)
+
+        retraining = Queue(settings.retrain_queue, connection=connection)
+        assert [retraining.fetch_job(j).args for j in retraining.job_ids] == [(PROJECT,)]
+        assert Queue(settings.queue_name, connection=connection).count == 0
+    finally:
+        Queue(settings.retrain_queue, connection=connection).delete(delete_jobs=True)
+
+
 @pytest.mark.slow  # about 22 s on 2 busy cores: a worker process, torch, two tiny training stages
 def test_a_queued_cycle_runs_in_a_real_worker_and_reports_its_decision_and_metrics(ls, rq_settings, random_checkpoint):
     add_duts_tasks(ls, 4)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backend import redaction
+from backend import redaction, store
 from backend.isnet.versions import lineage_dir
 from backend.jobs.retrain_queue import LOCK_TIMEOUT_S, force_key, lock_key, pending_key
 from backend.jobs.retrain_status import (
@@ -76,6 +76,7 @@ def retrain_project(project_id: int, *, force: bool = False, settings: Settings,
     the cycle's events."""
     from backend.learning import cycle_lock
     from backend.learning.lineages import lineage_for
+    from backend.learning.registry import ModelRegistry
 
     lineage = lineage_for(project_id, settings)
 
@@ -86,7 +87,7 @@ def retrain_project(project_id: int, *, force: bool = False, settings: Settings,
         for folder_ in (datasets_dir(settings), lineage_dir(settings, lineage)):
             write_json(folder_ / LATEST_FILE, outcome)
 
-    with cycle_lock.hold(lineage_dir(settings, lineage), f"retraining of project {project_id}", on_wait=waiting):
+    with ModelRegistry(settings, lineage).cycle_lock(f"retraining of project {project_id}", on_wait=waiting):
         return _retrain(project_id, force, settings, client, networks, progress)
 
 
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redaction.remember(*settings.secrets)  # this child's log lines are as masked as the server's
     redaction.install()
+    store.connect(settings)
     outcome = retrain_project(args.project, force=args.force, settings=settings)
     print(json.dumps({k: v for k, v in outcome.items() if k != "skipped"}, default=str))
     return 0 if outcome["status"] != "failed" else 1
@@ -172,6 +174,7 @@ def run_job(project_id: int) -> dict[str, Any]:
     from rq import get_current_job
 
     settings = load()
+    store.connect(settings)  # ISNET_MODEL_STORE: the versions and pointers every host shares
     connection = Redis.from_url(settings.redis_url)
     job = get_current_job()
     from backend.learning.lineages import lineage_for

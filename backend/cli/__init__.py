@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-from backend import __version__, redaction
+from backend import __version__, redaction, store
 from backend.settings import SettingsError, load
 
 SUBCOMMANDS = ("weights", "predict", "evaluate", "serve", "train", "engine", "preannotate", "model")
@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redaction.remember(*settings.secrets)
     redaction.install()  # no log line shows a password, token or presigned query
+    try:
+        store.connect(settings)  # ISNET_MODEL_STORE: versions in the object store, pointers in Redis
+    except store.StoreSetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

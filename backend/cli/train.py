@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         options = options_from_args(args, settings)
         held_out = (args.val_images, args.val_masks) if args.val_images is not None else None
         registry = registry_for(args, settings)
-        with cycle_lock.hold(registry.home, "isnet train", on_wait=_say_waiting(registry.lineage)):
+        with registry.cycle_lock("isnet train", on_wait=_say_waiting(registry.lineage)):
             cycle = Cycle(settings, options, registry=registry, progress=progress)
             report = cycle.run((args.images, args.masks), held_out,
                                CycleTarget(out=args.out, promote=not args.no_promote, resume=not args.no_resume))

@@ -95,7 +95,7 @@ def submit(project_id: int, *, force: bool = False, settings: Settings) -> str |
         if not connection.set(pending, job_id, nx=not waiting, ex=JOB_TIMEOUT_S):
             return None  # another process queued it meanwhile
         connection.sadd(waiting_key(settings.queue_name), project_id)
-        Queue(settings.queue_name, connection=connection).enqueue(
+        Queue(settings.retrain_queue or settings.queue_name, connection=connection).enqueue(
             JOB_FUNCTION, args=(project_id,), job_id=job_id, job_timeout=JOB_TIMEOUT_S, result_ttl=7 * 86400,
             failure_ttl=7 * 86400, description=f"retrain project {project_id}",
             on_success=Callback(retrain_outcomes.ON_SUCCESS), on_failure=Callback(retrain_outcomes.ON_FAILURE))

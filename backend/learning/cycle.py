@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from backend import atomic
+from backend.isnet import remote
 from backend.isnet.training.budget import Budget
 from backend.isnet.training.data import (
     Dataset,
@@ -58,7 +59,7 @@ from backend.isnet.weights import save_torch_atomic
 from backend.learning import cycle_lock
 from backend.learning.engine_rebuild import estimate_seconds, prepare_engines
 from backend.learning.evaluation import Evaluation, evaluate_models, merge, seconds_per_image, write_reports
-from backend.learning.history import CYCLE_FILE, collect, earlier_held_out, write_history
+from backend.learning.history import CYCLE_FILE, collect, earlier_held_out, guard_entries, write_history
 from backend.learning.interpolation import (
     SEARCH_STEPS,
     Interpolation,
@@ -218,8 +219,8 @@ class Cycle:
         target = target or CycleTarget()
         if self.settings.threads > 0:
             torch.set_num_threads(self.settings.threads)
-        with cycle_lock.hold(self.registry.home, f"a cycle of lineage {self.registry.lineage}",
-                             on_wait=self._waiting) as waited:
+        with self.registry.cycle_lock(f"a cycle of lineage {self.registry.lineage}",
+                                      on_wait=self._waiting) as waited:
             if waited:  # the budget and the status's clock start now, not while another cycle ran
                 self.budget.started, self.status.started = self.budget.clock(), time.time()
             try:
@@ -299,7 +300,10 @@ class Cycle:
     def _earlier_items(self, exclude: set[str]) -> list[Item]:
         """This lineage's earlier cycles' held-out items (readable ones, at most :data:`EARLIER_MAX`);
         missing or unreadable ones are listed as skipped and counted (``budget.earlier_missing``)."""
-        earlier = earlier_held_out(collect(self.registry.record_dirs(), self.registry.lineage), exclude, EARLIER_MAX)
+        records = collect(self.registry.record_dirs(), self.registry.lineage)
+        remote.share_files(self.settings, [Path(f) for _, image, mask in guard_entries(records) for f in (image, mask)],
+                           "pull")  # with a store: the ones another worker's snapshots hold
+        earlier = earlier_held_out(records, exclude, EARLIER_MAX)
         found, bad = check_readable([Item(k, Path(i), Path(m)) for k, i, m in earlier.items], self.settings.max_pixels)
         gone = [Skipped(k, i, "earlier held-out image or mask is gone: the forgetting guard cannot score it")
                 for k, i, _ in earlier.missing] + [Skipped(b.key, b.path, f"earlier held-out: {b.reason}") for b in bad]
@@ -376,8 +380,10 @@ class Cycle:
         """The GT encoder (cached per labelled set), then segmentation steps until the budget."""
         t = time.perf_counter()
         torch.manual_seed(self.options.seed)
+        cache_dir = self.settings.model_dir / CACHE_DIR
+        remote.share_folder(self.settings, CACHE_DIR, cache_dir, "pull")  # encoders other workers trained
         plan = _plan_gt_encoder(self.networks, self.gt_state, self.pairs, self.options,
-                                GTEncoderCache(self.settings.model_dir / CACHE_DIR, self.registry.lineage),
+                                GTEncoderCache(cache_dir, self.registry.lineage),
                                 self.progress,
                                 resuming=bool(self.state))
         self.gt_plan = plan
@@ -386,6 +392,7 @@ class Cycle:
             on_gt_trained=plan.trained, state=self.state, save_state=self.area.save_state, progress=self.progress,
             budget=self.budget,
         )
+        remote.share_folder(self.settings, CACHE_DIR, cache_dir, "push")
         self.timings["train"] = time.perf_counter() - t
 
     # -- stage 4: the share of the change to keep -------------------------------------------------
@@ -505,6 +512,10 @@ class Cycle:
         write_history([*collect(previous, self.registry.lineage), report.to_dict()], area.path,
                       self.registry.current_name())
         area.commit()
+        if self._in_registry():
+            self._publish(area.final.name)  # with ISNET_MODEL_STORE: every host's history sees it
+            remote.share_files(self.settings, [Path(f) for _, image, mask in report.held_out_items
+                                               for f in (image, mask)], "push")  # later guards, on any worker
         return report
 
     # -- stage 7: promotion -----------------------------------------------------------------------
@@ -525,7 +536,13 @@ class Cycle:
             except PromotionConflict as exc:
                 report.decision = dataclasses.replace(report.decision, promote=False,
                                                       reason=f"{report.decision.reason}; not applied: {exc}")
+            except OSError as exc:  # the shared store or Redis unreachable past ISNET_STORE_WAIT
+                report.decision = dataclasses.replace(
+                    report.decision, promote=False, reason=f"{report.decision.reason}; not applied: the model store "
+                    f"is unreachable ({exc}); {report.version} is kept on this host (isnet model use promotes it)")
             report.save(report.directory)
+            if self._in_registry():
+                self._publish(report.version)  # its final cycle.json
         if self._in_registry():
             report.retention = prune_after_cycle(self.settings, registry.lineage)  # never raises: logs, reports
             write_history(collect(registry.record_dirs(), registry.lineage),
@@ -541,6 +558,14 @@ class Cycle:
     def _serves(self) -> bool:
         """Whether the version is an ISNet the serving engines can be built from (not a test network)."""
         return self.networks.name == ISNET.name
+
+    def _publish(self, name: str) -> None:
+        """Upload the version's records to the shared store; unreachable, it is said and left (the
+        promotion publishes again, and waits for the store)."""
+        try:
+            self.registry.store.publish(name)
+        except OSError as exc:
+            log.warning("%s is not in the model store yet: %s", name, exc)
 
     def _in_registry(self) -> bool:
         return self.area.final.parent.resolve() == self.registry.versions_dir.resolve()

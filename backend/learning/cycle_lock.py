@@ -59,6 +59,16 @@ def holder(home: Path) -> Holder | None:
         return None
 
 
+def held_here(home: Path) -> bool:
+    """Whether this thread holds the lock of the lineage whose directory is ``home`` already."""
+    try:
+        path = lock_path(home).resolve()
+    except OSError:
+        return False
+    with _guard:
+        return _held.get(path) == threading.get_ident()
+
+
 @contextlib.contextmanager
 def hold(home: Path, what: str, on_wait: Callable[[Holder | None], None] | None = None) -> Iterator[bool]:
     """Hold the cycle lock of the lineage whose directory is ``home``, waiting for it if another

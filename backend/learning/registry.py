@@ -24,11 +24,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from backend import atomic
 from backend.isnet.versions import (
@@ -42,13 +42,16 @@ from backend.isnet.versions import (
     lineage_of,
 )
 from backend.isnet.weights import WeightsError
+from backend.learning import cycle_lock, pointers
 from backend.learning.history import read_record
+from backend.learning.pointers import PointerState
 from backend.settings import Settings
 
 CURRENT_FILE = "CURRENT"
 SWITCHES_FILE = "switches.json"
 RETIRED_FILE = "RETIRED"
 LOCK_FILE = ".switch.lock"
+T = TypeVar("T")
 FOLLOW_BASE = ""
 """On a project lineage's rollback stack: "follow the base lineage again"."""
 MAX_SWITCHES = 200
@@ -114,6 +117,7 @@ class ModelRegistry:
         self.versions_dir = self.store.versions_dir
         self.current_file = self.home / CURRENT_FILE
         self.switches_file = self.home / SWITCHES_FILE
+        self.shared = pointers.shared(settings)
 
     def for_lineage(self, lineage: str) -> ModelRegistry:
         return ModelRegistry(self.settings, lineage)
@@ -123,6 +127,13 @@ class ModelRegistry:
         """The files whose change can change what this lineage serves (its own and the base's pointer)."""
         base = self.root / CURRENT_FILE
         return [self.current_file] if self.current_file == base else [self.current_file, base]
+
+    def shared_fingerprint(self) -> tuple[Any, ...] | None:
+        """With a shared store: a value that changes when this lineage's (or the base's) pointer
+        changes on any host (one Redis round trip); None without one (see :attr:`pointer_files`)."""
+        if self.shared is None:
+            return None
+        return self.shared.fingerprint([self.lineage] if self.lineage == BASE else [self.lineage, BASE])
 
     def pretrained(self) -> ModelVersion:
         return self.store.pretrained()
@@ -140,6 +151,8 @@ class ModelRegistry:
 
     def own_current_name(self) -> str | None:
         """What this lineage's own ``CURRENT`` names; None while it follows the base."""
+        if self.shared is not None:
+            return self.shared.read(self.lineage)[0]
         try:
             return self.current_file.read_text().strip() or None
         except FileNotFoundError:
@@ -178,24 +191,30 @@ class ModelRegistry:
         changes and :class:`PromotionConflict` says what is current.
 
         The version it replaces is pushed onto the rollback stack (``how`` names the switch in
-        ``switches.json``: ``promote`` for a cycle, ``use`` for ``isnet model use``).
+        ``switches.json``: ``promote`` for a cycle, ``use`` for ``isnet model use``). With a shared
+        store the version is published there first, so every host can fetch what it is told to serve;
+        while the store is unreachable it waits up to ``ISNET_STORE_WAIT``, then raises ``OSError``
+        with nothing switched.
         """
         version = self.get(name)
-        with self._switch_lock():
-            version = self.get(name)  # again under the lock: retention may have removed it meanwhile
-            before = self.current_or_pretrained_name()
+        self.store.publish(name, wait=self.settings.store_wait)  # the store down: the promotion waits for it
+
+        def change(state: PointerState) -> None:
+            self.get(name)  # again under the lock: retention may have removed it meanwhile
+            before = self._resolved(state)
             if expected is not None and before != expected:
                 raise PromotionConflict(f"{before} is current in lineage {self.lineage}, not {expected} that "
                                         f"{name} was judged against; {name} is kept but not promoted")
-            following = self.follows_base
+            following = self.lineage != BASE and state.own is None
             if before == name and not following:
-                return version
-            atomic.write_text(self.current_file, name + "\n")
-            record = self.switches()
+                return
+            state.own = name
             pushed = FOLLOW_BASE if following else before
             if pushed is not None:
-                record["previous"] = [*record["previous"], pushed][-MAX_SWITCHES:]
-            self._log_switch(record, before, name, how)
+                state.record["previous"] = [*state.record["previous"], pushed][-MAX_SWITCHES:]
+            self._log_switch(state, before, name, how)
+
+        self._update(change)
         return version
 
     def rollback(self) -> tuple[ModelVersion, str | None]:
@@ -204,26 +223,33 @@ class ModelRegistry:
         Returns the version now current and the one it replaced; :class:`NoPreviousVersion`
         when there is nothing to go back to. Versions deleted since are skipped.
         """
-        with self._switch_lock():
-            before = self.current_or_pretrained_name()
-            record = self.switches()
-            stack = record["previous"]
+        found: list[str | None] = []
+
+        def change(state: PointerState) -> str | None:
+            before = self._resolved(state)
+            found[:] = [before]
+            stack = list(state.record["previous"])
+            state.record["previous"] = stack
             while stack:
                 name = stack.pop()
                 if name == FOLLOW_BASE and self.lineage != BASE:
-                    self.current_file.unlink(missing_ok=True)
-                    self._log_switch(record, before, self.current_or_pretrained_name() or "", "rollback to base")
-                    return self.current(), before
+                    state.own = None
+                    self._log_switch(state, before, self._resolved(state) or "", "rollback to base")
+                    return None
                 if name != before and self._exists(name):
-                    return self._switch_back(record, before, name), before
+                    return self._switch_back(state, before, name)
+            following = self.lineage != BASE and state.own is None
             parent = self.info(before).parent if before and self._exists(before) else None
-            if parent and parent != before and self._exists(parent) and not self.follows_base:
-                return self._switch_back(record, before, parent), before
-        follows = " (it follows the base lineage; roll that back with --base)" if self.follows_base else ""
-        raise NoPreviousVersion(
-            f"nothing to roll back to in lineage {self.lineage}{follows}: no earlier current version is recorded "
-            f"in {self.switches_file} and {before or 'the current version'} was not trained from another version"
-        )
+            if parent and parent != before and self._exists(parent) and not following:
+                return self._switch_back(state, before, parent)
+            follows = " (it follows the base lineage; roll that back with --base)" if following else ""
+            raise NoPreviousVersion(
+                f"nothing to roll back to in lineage {self.lineage}{follows}: no earlier current version is recorded "
+                f"in {self._switches_where} and {before or 'the current version'} was not trained from another version"
+            )
+
+        name = self._update(change)
+        return (self.get(name) if name else self.current()), found[0]
 
     def retire(self) -> str | None:
         """Stop serving this project lineage (its project was deleted): its pointer is set aside as
@@ -231,36 +257,86 @@ class ModelRegistry:
         The version it served, or None when it had none of its own."""
         if self.lineage == BASE:
             raise ValueError("the base lineage cannot be retired")
-        with self._switch_lock():
-            own = self.own_current_name()
+
+        def change(state: PointerState) -> str | None:
+            own = state.own
             if own is None:
                 return None
-            atomic.write_text(self.home / RETIRED_FILE, own + "\n")
-            self.current_file.unlink(missing_ok=True)
-            self._log_switch(self.switches(), own, self.current_or_pretrained_name() or "", "retire")
+            state.retired = own
+            state.own = None
+            self._log_switch(state, own, self._resolved(state) or "", "retire")
             return own
+
+        return self._update(change)
 
     def switches(self) -> dict[str, Any]:
         """``{"previous": [names, oldest first], "switches": [{"at", "from", "to", "how"}, ...]}``."""
-        data = _read_json(self.switches_file)
+        data = self.shared.read(self.lineage)[1] if self.shared is not None else _read_json(self.switches_file)
         previous = [p for p in data.get("previous", []) if isinstance(p, str)]
         log = [s for s in data.get("switches", []) if isinstance(s, dict)]
         return {"previous": previous, "switches": log}
 
-    def _switch_back(self, record: dict[str, Any], before: str | None, name: str) -> ModelVersion:
-        atomic.write_text(self.current_file, name + "\n")
-        self._log_switch(record, before, name, "rollback")
-        return self.get(name)
+    @property
+    def _switches_where(self) -> str:
+        return f"the shared switches of {self.settings.model_store}" if self.shared is not None \
+            else str(self.switches_file)
 
-    def _log_switch(self, record: dict[str, Any], before: str | None, after: str, how: str) -> None:
+    def _resolved(self, state: PointerState) -> str | None:
+        """What ``current_or_pretrained_name`` says for this state."""
+        name = state.own or (state.base if self.lineage != BASE else None)
+        if name:
+            return name
+        with contextlib.suppress(WeightsError, OSError, KeyError):
+            return self.pretrained().name
+        return None
+
+    def _switch_back(self, state: PointerState, before: str | None, name: str) -> str:
+        state.own = name
+        self._log_switch(state, before, name, "rollback")
+        return name
+
+    @staticmethod
+    def _log_switch(state: PointerState, before: str | None, after: str, how: str) -> None:
         entry = {"at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
                  "from": before, "to": after, "how": how}
-        record["switches"] = [*record["switches"], entry][-MAX_SWITCHES:]
-        atomic.write_text(self.switches_file, json.dumps(record, indent=2) + "\n")
+        state.record["switches"] = [*state.record["switches"], entry][-MAX_SWITCHES:]
+        state.changed = True
+
+    def _update(self, change: Callable[[PointerState], T]) -> T:
+        """Run ``change`` on this lineage's pointers under its switch lock and store what it changed:
+        the shared pointers' compare-and-swap with a store, else the files (``CURRENT`` first)."""
+        if self.shared is not None:
+            return self.shared.update(self.lineage, change)
+        with self._switch_lock():
+            base = ModelRegistry(self.settings).own_current_name() if self.lineage != BASE else None
+            state = PointerState(own=self.own_current_name(), record=self.switches(), base=base)
+            result = change(state)
+            if state.changed:
+                if state.retired is not None:
+                    atomic.write_text(self.home / RETIRED_FILE, state.retired + "\n")
+                if state.own is None:
+                    self.current_file.unlink(missing_ok=True)
+                else:
+                    atomic.write_text(self.current_file, state.own + "\n")
+                atomic.write_text(self.switches_file, json.dumps(state.record, indent=2) + "\n")
+            return result
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """Hold this lineage's switch lock: nothing switches its version meanwhile (retention decides under it)."""
-        return self._switch_lock()
+        return self.shared.switch_lock(self.lineage) if self.shared is not None else self._switch_lock()
+
+    @contextlib.contextmanager
+    def cycle_lock(self, what: str, on_wait: Callable[[cycle_lock.Holder | None], None] | None = None
+                   ) -> Iterator[bool]:
+        """Hold this lineage's one-cycle lock (:mod:`backend.learning.cycle_lock`), on this host and,
+        with a shared store, across hosts; re-entrant within a thread. Yields whether it waited."""
+        inner = cycle_lock.held_here(self.home)
+        with cycle_lock.hold(self.home, what, on_wait=on_wait) as waited:
+            if self.shared is None or inner:
+                yield waited
+                return
+            with self.shared.cycle_lock(self.lineage, what, on_wait) as waited_shared:
+                yield waited or waited_shared
 
     @contextlib.contextmanager
     def _switch_lock(self) -> Iterator[None]:
@@ -280,8 +356,10 @@ class ModelRegistry:
     def lineages(self) -> list[str]:
         """The base and every lineage that has a directory of its own."""
         folder = self.root / LINEAGES_DIR
-        found = sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
-        return [BASE, *found]
+        found = {d.name for d in folder.iterdir() if d.is_dir()} if folder.is_dir() else set()
+        if self.shared is not None:
+            found.update(name for name in self.shared.lineages() if name != BASE)
+        return [BASE, *sorted(found)]
 
     def catalogue(self, only_lineage: bool = False) -> list[VersionInfo]:
         """Versions: this lineage's current one first, the other retrained ones newest first, the

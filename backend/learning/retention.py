@@ -155,10 +155,13 @@ def plan(settings: Settings, lineage: str, policy: Policy | None = None, dry_run
             continue
         why = ("its project was deleted (lineage retired)" if retired else
                "not current, not among the newest rollback entries or versions; its reports stay")
+        stored = VersionStore(settings).stored(version.name)
         for name, what in ((CHECKPOINT_FILE, "weights"), (ENGINES_DIR, "engines")):
             path = version.directory / name
-            if path.exists() or path.is_symlink():
-                out.removals.append(Removal(path, what, why, _size(path), (path,)))
+            in_store = sum(int(str(entry.get("size", 0))) for file, entry in stored.items()
+                           if file == name or file.startswith(name + "/"))
+            if path.exists() or path.is_symlink() or in_store:
+                out.removals.append(Removal(path, what, why, max(_size(path), in_store), (path,)))
     out.removals += _snapshot_removals(settings, registry.lineage, policy, removed_dirs)
     out.removals += _gt_cache_removals(settings, registry.lineage)
     return out
@@ -207,7 +210,8 @@ def _retired(registry: ModelRegistry) -> bool:
 def _versions_of(settings: Settings, lineage: str) -> list[_Version]:
     """``lineage``'s version directories (weights or only reports), newest first; never the pretrained's."""
     found = []
-    for directory in VersionStore(settings).directories():
+    store = VersionStore(settings)
+    for directory in store.directories():
         if directory.name.startswith(PRETRAINED_PREFIX):
             continue
         record = read_record(directory) or {}
@@ -216,7 +220,8 @@ def _versions_of(settings: Settings, lineage: str) -> list[_Version]:
             continue
         checkpoint = directory / CHECKPOINT_FILE
         created = str(record.get("created") or _mtime_iso(directory))
-        found.append(_Version(directory.name, directory, created, checkpoint.exists()))
+        weights = checkpoint.exists() or CHECKPOINT_FILE in store.stored(directory.name)  # here, or in the store
+        found.append(_Version(directory.name, directory, created, weights))
     return sorted(found, key=lambda v: (v.created, v.name), reverse=True)
 
 
@@ -313,10 +318,43 @@ def prune(settings: Settings, lineage: str, dry_run: bool = False, policy: Polic
                         path.unlink(missing_ok=True)
                 except OSError as exc:
                     out.errors.append(f"{path}: {exc}")
+            _unpublish(settings, removal, out)
     for error in out.errors:
         log.warning("retention: not removed: %s", error)
     log.info("retention: lineage %s: %d item(s) removed, %d bytes freed", out.lineage, len(out.removals), out.freed)
     return out
+
+
+def _unpublish(settings: Settings, removal: Removal, out: Plan) -> None:
+    """With ``ISNET_MODEL_STORE``: remove from the store what ``removal`` removed here (a version,
+    its weights or its engines, a GT encoder), so no host fetches them again."""
+    store = VersionStore(settings)
+    if store.objects is None:
+        return
+    if removal.shown.parent == settings.model_dir / CACHE_DIR:  # a shared GT encoder: else the next cycle pulls it
+        try:
+            store.objects.remove(CACHE_DIR, [p.name for p in removal.paths])
+        except OSError as exc:
+            out.errors.append(f"{store.objects.url} {CACHE_DIR}: {exc}")
+        return
+    snapshots = settings.model_dir / SNAPSHOTS_DIR
+    if removal.shown == snapshots or snapshots in removal.shown.parents:  # held-out files other workers pull
+        files = [p.relative_to(settings.model_dir).as_posix() for p in removal.paths if snapshots in p.parents]
+        # a whole snapshot's folder or some of its files
+        try:
+            store.objects.remove("files", files)
+        except OSError as exc:
+            out.errors.append(f"{store.objects.url} snapshots: {exc}")
+        return
+    try:
+        rel = removal.shown.relative_to(store.versions_dir)
+    except ValueError:
+        return
+    name, *rest = rel.parts
+    try:
+        store.unpublish(name, "/".join(rest) or None)
+    except OSError as exc:
+        out.errors.append(f"{store.objects.url} {rel}: {exc}")
 
 
 def prune_after_cycle(settings: Settings, lineage: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import time
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from backend import redaction
+from backend import redaction, store
 from backend.model import ISNetModel
 from backend.server import prometheus
 from backend.server.auth import basic_auth_ok, needs_auth
@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None, model: ISNetModel | None = None
     environment here, and passed down explicitly from here on."""
     settings = settings or load()
     redaction.remember(*settings.secrets)  # masked in every log line and error this process shows
+    store.connect(settings)  # ISNET_MODEL_STORE: versions in the object store, pointers in Redis
     stats = model.stats if model is not None else Stats()
     model = model or ISNetModel(settings, stats=stats)
     model.setup()

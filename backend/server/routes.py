@@ -17,6 +17,7 @@ from backend.jobs.connection import QueueUnavailable
 from backend.model import LabelConfigError
 from backend.redaction import redact
 from backend.server.state import ServerState
+from backend.store.health import store_status
 
 bp = Blueprint("protocol", __name__)
 RETRY_AFTER_S = 5
@@ -72,7 +73,9 @@ def health() -> Response:
     """Liveness for Label Studio's 1 s check: never waits for inference."""
     st = state()
     alive = st.model.service is not None and st.model.service.alive
-    return reply({"status": "UP" if alive else "DOWN", **st.model.describe()}, 200 if alive else 503)
+    store = store_status(st.settings)  # ISNET_MODEL_STORE: its last background check; the cache serves meanwhile
+    extra = {"store": store} if store is not None else {}
+    return reply({"status": "UP" if alive else "DOWN", **st.model.describe(), **extra}, 200 if alive else 503)
 
 
 @bp.post("/setup")

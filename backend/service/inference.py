@@ -116,16 +116,30 @@ class VersionWatcher:
         self.last_error: str | None = None
 
     def _fingerprint(self, registry: ModelRegistry) -> tuple[Any, ...]:
-        paths = [*registry.pointer_files, WeightCache(self.settings).manifest_path]
+        """The pointer files' ``stat``; with a shared store (``ISNET_MODEL_STORE``) the current
+        names in Redis instead (one round trip): another host's promotion or rollback is seen on
+        the next request, and the object store is asked only when the version changes."""
+        shared = registry.shared_fingerprint()
+        paths = [*(registry.pointer_files if shared is None else []), WeightCache(self.settings).manifest_path]
         if self.settings.weights:
             paths.append(Path(self.settings.weights).expanduser())
-        return tuple(_stat_key(p) for p in paths)
+        return (*(_stat_key(p) for p in paths), shared)
 
     def current(self, lineage: str = BASE) -> ModelVersion:
         registry = self._registries.get(lineage)
         if registry is None:  # made once per lineage: /setup and /predict ask on every call
             registry = self._registries.setdefault(lineage, self.registry.for_lineage(lineage))
-        key = self._fingerprint(registry)
+        try:
+            key = self._fingerprint(registry)
+        except OSError as exc:  # Redis unreachable: keep serving what was current
+            known = self._known.get(lineage)
+            if known is None:
+                raise
+            if self.last_error != str(exc):
+                log.error("lineage %s: cannot read the shared pointers, still serving %s: %s", lineage,
+                          known[1].name, exc)
+            self.last_error = str(exc)
+            return known[1]
         with self._lock:
             known = self._known.get(lineage)
             if known is not None and known[0] == key:
@@ -141,9 +155,12 @@ class VersionWatcher:
                 self.last_error = str(exc)
                 self._known[lineage] = (key, known[1])
                 return known[1]
+            changed = known is not None and known[1].name != version.name
             self._known[lineage] = (key, version)
             self.last_error = None
-            return version
+        if changed and registry.shared is not None:  # a switch on some host: retention may have run there
+            threading.Thread(target=registry.store.evict_unshared, daemon=True, name="isnet-cache-evict").start()
+        return version
 
 
 @dataclass
