@@ -22,10 +22,11 @@ from backend.isnet.training import TrainOptions
 from backend.isnet.training.progress import STATUS_FILE
 from backend.isnet.training.tiny import TINY
 from backend.isnet.versions import CHECKPOINT_FILE
-from backend.jobs.retrain_status import latest_report, project_dir
+from backend.jobs.retrain_status import latest_report
 from backend.learning import cycle_lock, run_cycle
 from backend.learning.lineages import lineage_for
 from backend.learning.registry import ModelRegistry
+from backend.learning.snapshots import project_dir
 from tests.retrain_helpers import PROJECT, add_duts_tasks, settings_for
 from worker.retrain import retrain_project
 

@@ -22,11 +22,11 @@ import torch
 from backend.cli import main
 from backend.isnet.training import TrainOptions
 from backend.isnet.training.tiny import TINY, TinySegmenter
-from backend.jobs.retrain_status import project_dir
 from backend.learning import retention, run_cycle
 from backend.learning.history import CYCLE_FILE, earlier_held_out
 from backend.learning.registry import CHECKPOINT_FILE, ModelRegistry
 from backend.learning.retention import Policy, disk_usage, plan, prune, snapshot_projects
+from backend.learning.snapshots import project_dir
 from backend.learning.staging import FINGERPRINT_FILE, PREFIX
 from backend.model import ISNetModel
 from backend.settings import Settings

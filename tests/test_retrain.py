@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.jobs.retrain_status import latest_report, project_dir
+from backend.jobs.retrain_status import latest_report
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.config import parse_label_config
 from backend.labelstudio.fetch import ImageFetcher
 from backend.labelstudio.results import annotation_mask
+from backend.learning.snapshots import project_dir
 from backend.pipeline import TaskImages
 from tests.retrain_helpers import BRUSH_CONFIG, PROJECT, add_duts_tasks, annotation, brush, settings_for
 from worker.export import export_tasks, write_snapshot

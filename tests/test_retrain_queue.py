@@ -18,7 +18,8 @@ from redis import Redis
 from rq import Queue
 
 from backend.jobs import hooks, retrain_queue
-from backend.jobs.retrain_status import latest_report, project_dir, read_json
+from backend.jobs.retrain_status import latest_report, read_json
+from backend.learning.snapshots import project_dir
 from tests import labelstudio_server
 from tests.retrain_helpers import PROJECT, add_duts_tasks, child_process_settings, drop_queue, retrain_env, settings_for
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from backend.isnet.training.tiny import TINY
-from backend.jobs.retrain_status import project_dir
+from backend.learning.snapshots import project_dir
 from backend.learning.staging import STATE_FILE
 from tests.retrain_helpers import PROJECT, add_duts_tasks, kill_when, retrain_env, settings_for
 from worker.retrain import retrain_project

@@ -36,14 +36,13 @@ from backend.jobs.retrain_queue import LOCK_TIMEOUT_S, force_key, lock_key, pend
 from backend.jobs.retrain_status import (
     LATEST_FILE,
     STATE_FILE,
-    datasets_dir,
-    project_dir,
     read_json,
     write_json,
 )
 from backend.labelstudio.client import LabelStudioClient
 from backend.labelstudio.config import parse_label_config
 from backend.labelstudio.fetch import ImageFetcher
+from backend.learning.snapshots import datasets_dir, project_dir
 from backend.pipeline import TaskImages
 from backend.settings import Settings, load
 from worker.export import export_tasks, labels_of, write_snapshot

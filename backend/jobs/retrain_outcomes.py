@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from backend.jobs.retrain_status import STATE_FILE, project_dir, read_json
+from backend.jobs.retrain_status import STATE_FILE, read_json
+from backend.learning.snapshots import project_dir
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)

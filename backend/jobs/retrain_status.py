@@ -13,18 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from backend import atomic
+from backend.learning.snapshots import datasets_dir
 from backend.settings import Settings
 
 STATE_FILE = "state.json"
 LATEST_FILE = "latest.json"
-
-
-def datasets_dir(settings: Settings) -> Path:
-    return settings.model_dir / "datasets"
-
-
-def project_dir(settings: Settings, project_id: int) -> Path:
-    return datasets_dir(settings) / f"project-{project_id}"
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.isnet.engines import AUTO
-from backend.isnet.engines.calibration import link_images
+from backend.isnet.engines.calibration import link_images, spread
 from backend.isnet.engines.config import default_config
 from backend.isnet.engines.selection import Measurements
 from backend.isnet.engines.store import EngineStore
@@ -44,13 +44,6 @@ INT8_BUILD_S = 120.0
 
 def wants_int8(settings: Settings) -> bool:
     return settings.engine in (AUTO, "onnx-int8")
-
-
-def spread(items: list[Item], count: int) -> list[Item]:
-    """``count`` of ``items`` spread evenly (all of them when there are fewer)."""
-    if len(items) <= count:
-        return list(items)
-    return [items[i * len(items) // count] for i in range(count)]
 
 
 def prepare_engines(champion: ModelVersion, challenger: ModelVersion, images: list[Path],

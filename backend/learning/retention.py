@@ -51,6 +51,7 @@ from backend.isnet.versions import (
 from backend.learning.history import collect, guard_entries, read_record
 from backend.learning.lineages import lineage_for
 from backend.learning.registry import FOLLOW_BASE, RETIRED_FILE, ModelRegistry
+from backend.learning.snapshots import PROJECT_PREFIX, SNAPSHOTS_DIR, datasets_dir
 from backend.learning.staging import FINGERPRINT_FILE, PREFIX
 from backend.settings import Settings
 
@@ -58,9 +59,6 @@ log = logging.getLogger(__name__)
 
 ENGINES_DIR = "engines"
 """A version's engines (:mod:`backend.isnet.engines.store`)."""
-SNAPSHOTS_DIR = "datasets"
-"""``MODEL_DIR/datasets/project-<id>/<timestamp>/``: a Label Studio-fed cycle's snapshot (``worker.export``)."""
-PROJECT_PREFIX = "project-"
 MANIFEST = "manifest.json"
 
 
@@ -240,7 +238,7 @@ def _guard_files(settings: Settings, removed_dirs: set[Path]) -> set[Path]:
 
 def snapshot_projects(settings: Settings) -> dict[int, Path]:
     """Project id -> its snapshot folder (``MODEL_DIR/datasets/project-<id>``)."""
-    root = settings.model_dir / SNAPSHOTS_DIR
+    root = datasets_dir(settings)
     if not root.is_dir():
         return {}
     found = {}
@@ -337,7 +335,7 @@ def _unpublish(settings: Settings, removal: Removal, out: Plan) -> None:
         except OSError as exc:
             out.errors.append(f"{store.objects.url} {CACHE_DIR}: {exc}")
         return
-    snapshots = settings.model_dir / SNAPSHOTS_DIR
+    snapshots = datasets_dir(settings)
     if removal.shown == snapshots or snapshots in removal.shown.parents:  # held-out files other workers pull
         files = [p.relative_to(settings.model_dir).as_posix() for p in removal.paths if snapshots in p.parents]
         # a whole snapshot's folder or some of its files

@@ -79,6 +79,7 @@ class _Run:
     version: str
     process: Any
     started: float
+    since: str
 
 
 class EngineUpgrades:
@@ -120,7 +121,7 @@ class EngineUpgrades:
         process = context.Process(target=_child, args=(self.settings, version.name, build_only, size),
                                   name=f"isnet-engine-upgrade-{version.name}", daemon=True)
         process.start()
-        self._run = _Run(version.name, process, time.monotonic())
+        self._run = _Run(version.name, process, time.monotonic(), time.strftime("%H:%M:%S UTC", time.gmtime()))
         self.started += 1
         log.info("building %s for %s in the background (pid %s, %d served images)",
                  "int8" if build_only else "int8 and measuring it against fp32", version.name, process.pid,
@@ -143,7 +144,7 @@ class EngineUpgrades:
         """In words, for ``/health``: what is being done for ``version``'s engine, or still awaited."""
         run = self._run
         if run is not None and run.version == version.name:
-            return f"building int8 in the background for {time.monotonic() - run.started:.0f} s"
+            return f"building int8 in the background since {run.since}"
         failed = self._failed.get(version.name)
         if failed is not None:
             return f"the background int8 build failed: {failed[1]}"

@@ -189,8 +189,10 @@ class LoadedModels:
     """Segmenters by version name, at most ``capacity``, the least recently used evicted first."""
 
     def __init__(self, settings: Settings, loader: Callable[[Settings, ModelVersion], Segmenter],
-                 capacity: int) -> None:
+                 capacity: int, watch_engines: bool = True) -> None:
         self.settings = settings
+        self.watch_engines = watch_engines
+        """Whether :meth:`get` looks for a changed engine itself (the server's housekeeping does it there)."""
         self._loader = loader
         self.capacity = max(1, capacity)
         self._models: OrderedDict[str, tuple[ModelVersion, Segmenter]] = OrderedDict()
@@ -203,7 +205,8 @@ class LoadedModels:
         whose engine is no longer the one to serve (``auto`` measured another, or an engine it fell
         back from was built) is loaded again, checked at most every :data:`RETRY_S`."""
         loaded = self._models.get(version.name)
-        if loaded is not None and self._due(version.name) and stale(self.settings, version, loaded[1]):
+        if (loaded is not None and self.watch_engines and self._due(version.name)
+                and stale(self.settings, version, loaded[1])):
             log.info("%s: loading %s again for its new engine", version.name, self.settings.engine)
             loaded = None
         if loaded is not None:
@@ -247,14 +250,41 @@ class LoadedModels:
         return list(self._models)
 
 
-class InferenceService:
+class LineageViews:
+    """What :class:`InferenceService` and :class:`DirectInference` share: one lineage's view of them
+    (:class:`LineageInference`), and the base lineage's version and identity as their own."""
+
+    def version_of(self, lineage: str) -> str:
+        raise NotImplementedError
+
+    def identity_of(self, lineage: str) -> tuple[str, str, int]:
+        raise NotImplementedError
+
+    def predict(self, images: Sequence[np.ndarray], deadline: float, priority: int, request_id: str,
+                size: int | None, lineage: str) -> InferenceOutcome:
+        raise NotImplementedError
+
+    def for_lineage(self, lineage: str) -> LineageInference:
+        """This as one lineage's :class:`backend.pipeline.Inference`."""
+        return LineageInference(self, lineage)
+
+    @property
+    def model_version(self) -> str:
+        return self.version_of(BASE)
+
+    @property
+    def identity(self) -> tuple[str, str, int]:
+        return self.identity_of(BASE)
+
+
+class InferenceService(LineageViews):
     """Serialises every forward pass on one thread; each job runs its lineage's current version."""
 
     def __init__(self, settings: Settings, watcher: VersionWatcher,
                  loader: Callable[[Settings, ModelVersion], Segmenter] = load_segmenter) -> None:
         self.settings = settings
         self.watcher = watcher
-        self.models = LoadedModels(settings, loader, settings.max_loaded_models)
+        self.models = LoadedModels(settings, loader, settings.max_loaded_models, watch_engines=False)
         base = watcher.current()
         self._segmenter = self.models.get(base)
         """The base lineage's segmenter: its engine and size describe the service."""
@@ -275,6 +305,9 @@ class InferenceService:
         self.batches_done = 0
         self.upgrades = EngineUpgrades(settings)
         self._housekeeping_due = threading.Event()
+        self._upgrade_status: str | None = None
+        """The base version's background engine work in words, as the last housekeeping found it
+        (so ``/health`` reads no file)."""
         self._ticker: threading.Thread | None = None
 
     @property
@@ -327,24 +360,13 @@ class InferenceService:
             log.info("%s now served by %s", version.name, fresh.engine.name)
             if self._served[BASE].name == version.name:
                 self._segmenter = fresh
+        self._upgrade_status = self.upgrades.status(self._served[BASE], self._segmenter)
 
     # -- what request threads call ----------------------------------------------------
 
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
-
-    def for_lineage(self, lineage: str) -> LineageInference:
-        """This service as one lineage's :class:`backend.pipeline.Inference`."""
-        return LineageInference(self, lineage)
-
-    @property
-    def model_version(self) -> str:
-        return self.version_of(BASE)
-
-    @property
-    def identity(self) -> tuple[str, str, int]:
-        return self.identity_of(BASE)
 
     def version_of(self, lineage: str) -> str:
         """The version ``lineage``'s next job runs: its current one, unless that failed to load;
@@ -408,8 +430,7 @@ class InferenceService:
 
     def describe(self) -> dict[str, Any]:
         busy = self._busy_since
-        base = self._served[BASE]
-        upgrade = self.upgrades.status(base, self._segmenter)
+        upgrade = self._upgrade_status
         return {
             **self._segmenter.describe(),
             **({"engine_upgrade": upgrade} if upgrade else {}),
@@ -524,10 +545,10 @@ class InferenceService:
 
 
 class LineageInference:
-    """One lineage's view of an :class:`InferenceService`: what a task pipeline and interactive
-    prompts of one project use, so they never name the lineage themselves."""
+    """One lineage's view of an :class:`InferenceService` or a :class:`DirectInference`: what a task
+    pipeline and interactive prompts of one project use, so they never name the lineage themselves."""
 
-    def __init__(self, service: InferenceService, lineage: str) -> None:
+    def __init__(self, service: LineageViews, lineage: str) -> None:
         self.service = service
         self.lineage = lineage
 
@@ -544,7 +565,7 @@ class LineageInference:
         return self.service.predict(images, deadline, priority, request_id, size, self.lineage)
 
 
-class DirectInference:
+class DirectInference(LineageViews):
     """Each lineage's current version (or one pinned version), loaded in this process and run on
     the caller's thread: what an RQ worker or ``isnet preannotate`` predicts with, where no request
     waits and no queue is needed. It follows the registry like :class:`InferenceService`, so
@@ -560,18 +581,6 @@ class DirectInference:
 
     def _version(self, lineage: str) -> ModelVersion:
         return self._pinned or self.watcher.current(lineage)
-
-    def for_lineage(self, lineage: str) -> LineageInference:
-        return LineageInference(self, lineage)  # type: ignore[arg-type]
-
-    @property
-    def model_version(self) -> str:
-        """The base lineage's version (this object is the base lineage's inference as it is)."""
-        return self.version_of(BASE)
-
-    @property
-    def identity(self) -> tuple[str, str, int]:
-        return self.identity_of(BASE)
 
     def version_of(self, lineage: str) -> str:
         return self._version(lineage).name

@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from backend.isnet.versions import BASE
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 MIN_SERVED_IMAGES = 16
@@ -87,8 +89,13 @@ def select_images(config: EngineConfig, settings: Settings, lineage: str = BASE)
     """
     folder, served = calibration_folder(config, settings, lineage)
     files = _served_images(folder, config) if served else _folder_images(folder, config)
-    count = min(config.calib_num, len(files))
-    return [files[i * len(files) // count] for i in range(count)]
+    return spread(files, config.calib_num)
+
+
+def spread(items: list[T], count: int) -> list[T]:
+    """``count`` of ``items`` spread evenly, in order (all of them when there are fewer)."""
+    count = min(count, len(items))
+    return [items[i * len(items) // count] for i in range(count)]
 
 
 def link_images(images: list[Path], folder: Path) -> Path:
